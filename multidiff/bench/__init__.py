@@ -1,0 +1,1 @@
+"""Benchmarks run by `multidiff bench NAME` and by the scripts under benchmarks/."""

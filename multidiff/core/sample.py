@@ -1,0 +1,86 @@
+"""`sample`: the one entry point that turns standard normal noise into data.
+
+It only assembles pieces: the levels from the schedule, guidance as a model
+wrapper, the known-region projection for masked generation, then one pure
+sampler function. Inputs are never mutated.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .denoiser import Denoiser
+from .guidance import GuidedModel, check_mask, known_region_projection, repaint as repaint_loop
+from .samplers import DDPM_VARIANCES, SAMPLER_FNS, SAMPLERS, VE_SAMPLERS, ve_sigmas
+
+ETA_SAMPLERS = ("ddim", "euler_ancestral")
+
+
+@torch.no_grad()
+def sample(den: Denoiser, noise: torch.Tensor, sampler: str = "ddim", steps: int | None = 50,
+           spacing: str = "leading", *, timesteps=None, sigmas=None, rho: float = 7.0, eta: float | None = None,
+           variance: str = "beta", generator: torch.Generator | None = None, clip_x0: float | None = None,
+           cond: dict | None = None, guidance_scale: float = 1.0, uncond: dict | None = None,
+           mask: torch.Tensor | None = None, known: torch.Tensor | None = None,
+           repaint: tuple[int, int] | None = None, callback=None, progress: bool = False) -> torch.Tensor:
+    """Generate data from `noise` ~ N(0, I) of the output's shape [B, C, *dims].
+
+    sampler:   ddpm | ddim | euler | euler_ancestral | heun | dpmpp_2m
+    levels:    `steps` with `spacing` (leading | trailing | linspace | karras), or explicit
+               descending `timesteps` and/or `sigmas` (both: paired, e.g. DiffWave fast sampling)
+    eta:       ddim's (default 0) or euler_ancestral's (default 1) noise scale
+    variance:  ddpm's step variance, 'beta' (sigma_t^2 = beta_t) or 'posterior'
+    clip_x0:   clamp every clean estimate to [-clip_x0, clip_x0]
+    cond / guidance_scale / uncond: model kwargs; classifier-free guidance when scale != 1
+    mask / known: masked generation (mask 1 = known); `repaint=(jump_length, jump_n_sample)` adds
+               RePaint resampling (ddpm/ddim)
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    if not isinstance(noise, torch.Tensor) or noise.ndim < 2:
+        raise ValueError(f"noise must be a tensor [B, C, *dims], got {getattr(noise, 'shape', type(noise))}")
+    if not noise.is_floating_point() or not bool(torch.isfinite(noise).all()):
+        raise ValueError("noise must be a finite floating-point tensor (standard normal)")
+    if eta is not None and sampler not in ETA_SAMPLERS:
+        raise ValueError(f"eta applies to {ETA_SAMPLERS}, not to {sampler!r}")
+    if variance not in DDPM_VARIANCES:
+        raise ValueError(f"unknown ddpm variance {variance!r}; choose one of {DDPM_VARIANCES}")
+
+    if clip_x0 is not None:
+        den = den.with_clip(clip_x0)
+    if guidance_scale != 1.0:
+        if uncond is None or not cond:
+            raise ValueError("classifier-free guidance (guidance_scale != 1) needs both `cond` and `uncond`")
+        den = Denoiser(GuidedModel(den.model, guidance_scale, uncond), den.schedule, den.prediction, den.clip_x0)
+    levels = den.schedule.levels(steps, spacing, timesteps=timesteps, sigmas=sigmas, rho=rho)
+
+    project = None
+    if mask is not None or known is not None:
+        mask, known = check_mask(mask, known, noise.shape)
+        project = known_region_projection(mask.to(noise.device), known.to(noise.device, noise.dtype), generator)
+    common = dict(generator=generator, cond=cond, callback=callback, progress=progress)
+
+    if repaint is not None:
+        if project is None:
+            raise ValueError("RePaint resampling needs `mask` and `known`")
+        jump_length, jump_n_sample = repaint
+        return repaint_loop(den, noise.clone(), levels, mask, known, jump_length=jump_length,
+                            jump_n_sample=jump_n_sample, sampler=sampler, eta=eta or 0.0, variance=variance, **common)
+
+    if sampler in VE_SAMPLERS:
+        s0 = ve_sigmas(levels)[0]
+        x = noise * math.sqrt(1 + s0**2)
+        if project is not None:
+            x = project(x, 1.0, s0)
+    else:
+        x = noise.clone()
+        if project is not None:
+            ab0 = float(levels.alphas_cumprod[0])
+            x = project(x, math.sqrt(ab0), math.sqrt(1 - ab0))
+    opts = {}
+    if sampler in ETA_SAMPLERS and eta is not None:
+        opts["eta"] = eta
+    if sampler == "ddpm":
+        opts["variance"] = variance
+    return SAMPLER_FNS[sampler](den, x, levels, project=project, **opts, **common)
