@@ -169,7 +169,9 @@ class Schedule:
         if ab.ndim == 1 and len(ab) != x0.shape[0]:
             raise ValueError(f"t has {len(ab)} entries but x0 has batch size {x0.shape[0]}")
         ab = ab.reshape(-1, *([1] * (x0.ndim - 1))) if ab.ndim == 1 else ab
-        return (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).to(x0.dtype)
+        # coefficients in float64, applied in the data's dtype (no float64 copies of big tensors)
+        a, s = ab.sqrt().to(x0.device, x0.dtype), (1 - ab).sqrt().to(x0.device, x0.dtype)
+        return a * x0 + s * noise
 
     # ---- inference spacings ------------------------------------------------
     def timesteps(self, steps: int, spacing: str = "leading", offset: int = 0) -> torch.Tensor:
