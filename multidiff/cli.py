@@ -3,13 +3,21 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
 # name -> (module with main(argv), one-line help)
 BENCHMARKS = {
     "accuracy": ("multidiff.bench.sampler_accuracy", "sampler error vs model calls against the exact Gaussian oracle"),
     "overhead": ("multidiff.bench.sampler_overhead", "per-step sampler overhead vs diffusers' schedulers"),
+    "unet2d": ("multidiff.bench.unet2d_throughput", "U-Net training/sampling throughput vs diffusers and "
+                                                    "denoising-diffusion-pytorch"),
 }
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line, no traceback."""
 
 
 def _bench(args) -> int:
@@ -17,15 +25,87 @@ def _bench(args) -> int:
     try:
         importlib.import_module(module).main(args.rest)
     except ModuleNotFoundError as e:
-        print(f"multidiff bench {args.name}: needs the package {e.name!r}; "
-              f"install the peers with: pip install -e '.[bench]'", file=sys.stderr)
-        return 2
+        raise UserError(f"multidiff bench {args.name} needs the package {e.name!r}; install the peers with: "
+                        "pip install -e '.[bench]'") from None
     return 0
 
 
+def _train(args) -> int:
+    from .recipes import registry
+    from .recipes.run import Run, load_recipe, save_resolved
+    from .train.distributed import init_distributed, shutdown
+
+    file, sections = load_recipe(args.recipe, args.overrides, registry.schemas())
+    run_dir = Path(args.out) if args.out else Path("runs") / file.parent.name
+    dist = init_distributed()
+    try:
+        if dist.is_main:
+            save_resolved(run_dir, sections)
+            print(f"multidiff train: {file} -> {run_dir}")
+        run = Run(run_dir, sections, main=dist.is_main)
+        registry.module(sections["recipe"].kind).run_recipe(run, dist, args.resume)
+        if dist.is_main:
+            print(f"done: {run_dir}")
+    finally:
+        shutdown(dist)
+    return 0
+
+
+def _sample(args) -> int:
+    from .cli_image import sample_command
+
+    return sample_command(args)
+
+
+def _inpaint(args) -> int:
+    from .cli_image import inpaint_command
+
+    return inpaint_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .core.samplers import SAMPLERS
+    from .core.schedule import SPACINGS
+
     ap = argparse.ArgumentParser(prog="multidiff", description="One diffusion core for image, audio and video.")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="run a recipe: prepare data, train, sample, evaluate (idempotent stages)",
+                       description="Run a recipe's stages; finished stages are skipped on a re-run. Works the same "
+                                   "under torchrun --nproc_per_node=N.")
+    t.add_argument("recipe", help="recipe folder (holding config.toml) or a .toml file, e.g. recipes/image_digits")
+    t.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    t.add_argument("--resume", action="store_true", help="continue a run that was stopped, from its last checkpoint")
+    t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.steps=500")
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser("sample", help="draw samples from a trained run (EMA weights) into a PNG grid or a folder")
+    s.add_argument("run_dir", help="the --out folder of a `multidiff train` run")
+    s.add_argument("--n", type=int, default=64, help="number of samples")
+    s.add_argument("--sampler", choices=SAMPLERS, help="default: the run's [sample] setting")
+    s.add_argument("--steps", type=int, help="sampling steps (default: the run's [sample] setting)")
+    s.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default: the run's [sample] setting)")
+    s.add_argument("--eta", type=float, help="ddim / euler_ancestral noise scale")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--class", dest="label", type=int, help="class label for a class-conditional model")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
+    s.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    s.add_argument("--out", required=True, help="grid.png, or a folder/ (ending in /) for one PNG per sample")
+    s.set_defaults(func=_sample)
+
+    i = sub.add_parser("inpaint", help="fill the masked part of an image with a trained run")
+    i.add_argument("run_dir", help="an image_inpainting run, or a plain image run (repaint/replace)")
+    i.add_argument("--image", required=True, help="the image to complete (PNG/JPEG/WebP)")
+    g = i.add_mutually_exclusive_group(required=True)
+    g.add_argument("--mask", help="mask PNG: white = region to fill, black = keep")
+    g.add_argument("--mask-kind", help="a generated mask: center, left, right, top, bottom, box, strokes")
+    i.add_argument("--method", choices=("repaint", "replace", "conditioned"), default="repaint")
+    i.add_argument("--steps", type=int, help="sampling steps (default: the run's [inpaint] setting)")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    i.add_argument("--out", required=True, help="output PNG (the filled image)")
+    i.set_defaults(func=_inpaint)
+
     b = sub.add_parser("bench", help="run a benchmark and print its table",
                        description="Benchmarks: " + "; ".join(f"{k}: {v[1]}" for k, v in BENCHMARKS.items()))
     b.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
@@ -35,8 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    from .train.checkpoint import CheckpointError
+    from .train.trainer import TrainingDiverged
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "train":  # overrides may follow options: train RECIPE --out D a.b=1
+        bad = [e for e in extra if "=" not in e or e.startswith("-")]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args)
+    except (UserError, ValueError, FileExistsError, FileNotFoundError, TrainingDiverged, CheckpointError) as e:
+        if os.environ.get("MULTIDIFF_DEBUG"):
+            raise
+        print(f"multidiff {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -30,3 +30,21 @@ def autocast(device: torch.device, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+class InferenceModel(torch.nn.Module):
+    """A trained net ready for sampling: eval mode, no grad, the training precision policy, the
+    fast memory layout for images and videos, fp32 out (samplers do their arithmetic in fp32)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, bf16: bool):
+        super().__init__()
+        self.model, self.device, self.bf16 = model.eval().to(device), device, bf16
+
+    @torch.no_grad()
+    def forward(self, x, t, **cond):
+        x = x.to(self.device, torch.float32)
+        if x.ndim in (4, 5):
+            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+        with autocast(self.device, self.bf16):
+            out = self.model(x, t.to(self.device), **{k: v.to(self.device) for k, v in cond.items()})
+        return out.float()

@@ -1,0 +1,75 @@
+"""`multidiff sample` and `multidiff inpaint` for image runs."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from .data.image import load_image, save_image_grid
+from .data.masks import MASK_KINDS, load_mask, make_mask
+from .recipes import image, registry
+from .recipes.image_inpainting import inpaint, load_for_inpaint, sub_sections
+from .recipes.run import load_run
+from .train.distributed import DistInfo
+from .train.precision import resolve_precision
+
+
+def _device():
+    return DistInfo(device=torch.device("cuda" if torch.cuda.is_available() else "cpu")).device
+
+
+def sample_command(args) -> int:
+    sections = load_run(args.run_dir, registry.schemas())
+    run_dir = Path(args.run_dir)
+    if sections["recipe"].kind == "image_inpainting":
+        sections, run_dir = sub_sections(sections, False), run_dir / "unconditional"
+    if sections["model"].extra_in_channels:
+        raise ValueError(f"'{args.run_dir}' holds a mask-conditioned model: use `multidiff inpaint` with it")
+    model, ckpt = image.load_trained(run_dir, sections)
+    over = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("spacing", args.spacing),
+                              ("eta", args.eta)) if v is not None}
+    cfg = dataclasses.replace(sections["sample"], **over, seed=args.seed)
+    K = sections["model"].num_classes
+    labels = None
+    if args.label is not None:
+        if K == 0:
+            raise ValueError(f"--class needs a class-conditional model; '{args.run_dir}' has model.num_classes = 0")
+        if not 0 <= args.label < K:
+            raise ValueError(f"--class must be in 0..{K - 1}")
+        labels = torch.full((args.n,), args.label)
+    if args.guidance is not None and K == 0 and args.guidance != 1.0:
+        raise ValueError("--guidance needs a class-conditional model (classifier-free guidance)")
+    dev = _device()
+    x = image.generate(sections, model, cfg, args.n, dev, resolve_precision(args.precision, dev), labels=labels,
+                       guidance=args.guidance)
+    out = Path(args.out)
+    if args.out.endswith(("/", "\\")) or out.is_dir():
+        for i, xi in enumerate(x):
+            save_image_grid(xi, out / f"sample_{i:04d}.png")
+        print(f"wrote {len(x)} PNGs to {out}/ (from {ckpt})")
+    else:
+        save_image_grid(x, out, nrow=10 if K == 10 and labels is None and args.n % 10 == 0 else None)
+        print(f"wrote {out} (from {ckpt})")
+    return 0
+
+
+def inpaint_command(args) -> int:
+    sections, model, cfg = load_for_inpaint(Path(args.run_dir), args.method, registry.schemas())
+    size, C = sections["data"].size, sections["data"].channels
+    known = load_image(args.image, size, C)[None]
+    if args.mask:
+        mask = load_mask(args.mask, size)[None]
+    else:
+        if args.mask_kind not in MASK_KINDS or args.mask_kind == "mixture":
+            raise ValueError(f"--mask-kind must be one of {', '.join(k for k in MASK_KINDS if k != 'mixture')}")
+        mask = make_mask(args.mask_kind, size, torch.Generator().manual_seed(args.seed))[None]
+    if args.steps:
+        cfg = dataclasses.replace(cfg, repaint_steps=args.steps, replace_steps=args.steps,
+                                  conditioned_steps=args.steps)
+    dev = _device()
+    x = inpaint(args.method, sections, model, known, mask, cfg, dev, resolve_precision(args.precision, dev),
+                torch.Generator().manual_seed(args.seed))
+    save_image_grid(x, args.out)
+    print(f"wrote {args.out} ({args.method}, {int((mask == 0).sum())} of {size * size} pixels filled)")
+    return 0

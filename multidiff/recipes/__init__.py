@@ -1,0 +1,1 @@
+"""Recipe pipelines: idempotent stages (prepare, train, sample, evaluate) per recipe kind."""

@@ -1,0 +1,177 @@
+"""Image generation recipes: prepare data, train the U-Net, sample a grid, evaluate."""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core import Denoiser, sample
+from ..data.image import ImageData, build_image_dataset, save_image_grid
+from ..models.unet2d import UNet2D, UNet2DConfig
+from ..train import TrainConfig, Trainer, latest_checkpoint, load_ema_weights, to_toml
+from ..train.config import ConfigError
+from ..train.diffusion import DiffusionConfig, SampleConfig, batch_loss
+from ..train.distributed import DistInfo
+from ..train.precision import InferenceModel, resolve_precision
+from .run import Run
+
+
+@dataclass
+class ImageEvalConfig:
+    """The [eval] section: sample quality vs sampler and steps."""
+    n: int = 500                       # samples per table row
+    batch: int = 250
+    table: list[str] = field(default_factory=lambda: ["ddpm:1000", "ddim:50", "ddim:20", "ddim:10", "dpmpp_2m:20",
+                                                      "dpmpp_2m:10", "heun:10"])
+    classifier_epochs: int = 12
+    inception_weights: str = ""        # local torchvision Inception-v3 weights: FID for non-digit data
+    seed: int = 1
+
+
+SCHEMA = {"data": ImageData, "model": UNet2DConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
+          "sample": SampleConfig, "eval": ImageEvalConfig}
+
+
+def check_model_fits_data(run_or_sections) -> None:
+    data, model = run_or_sections["data"], run_or_sections["model"]
+    for key, want in (("in_channels", data.channels), ("image_size", data.size)):
+        if getattr(model, key) != want:
+            raise ConfigError(f"model.{key} = {getattr(model, key)} but the data gives {want} "
+                              f"(data.{'channels' if key == 'in_channels' else 'size'}); make them equal")
+
+
+def fingerprint(sections: dict) -> str:
+    """What a checkpoint's weights depend on: a resumed run must agree on it."""
+    keep = {k: sections[k] for k in ("data", "model", "diffusion")}
+    return hashlib.sha256(to_toml(keep).encode()).hexdigest()[:16]
+
+
+class ImageTask:
+    """Loss and previews for image denoisers; with `mask_kinds`, trains a mask-conditioned model
+    (input: x_t + [mask, masked image]) on random masks drawn from those kinds."""
+
+    channels_last = True
+
+    def __init__(self, sections: dict, device: torch.device, bf16: bool, mask_kinds: list[str] | None = None):
+        self.s, self.device, self.bf16 = sections, device, bf16
+        self.sched = sections["diffusion"].build_schedule()
+        self.mask_kinds = mask_kinds
+
+    def loss(self, net, batch, rand):
+        x0, y = batch
+        x0 = x0.to(self.device)
+        if self.s["data"].random_flip:
+            flip = rand.rand() < 0.5
+            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+        cond = {}
+        if self.s["model"].num_classes > 0:
+            cond["y"] = y.to(self.device)
+        if self.mask_kinds:
+            from ..data.masks import random_masks
+
+            m = random_masks(rand.global_n, self.s["data"].size, self.mask_kinds, generator=rand.generator)
+            m = m[rand.part].to(self.device)
+            cond["concat"] = torch.cat([m, x0 * m], 1).contiguous(memory_format=torch.channels_last)
+        return batch_loss(net, self.s["diffusion"], self.sched, x0, rand, cond)
+
+    def preview(self, model, path: Path) -> None:
+        if self.mask_kinds:
+            return  # a conditioned model needs images to fill; the recipe's evaluation shows those
+        x = generate(self.s, model, self.s["sample"], n=min(self.s["sample"].n, 64), device=self.device,
+                     bf16=self.bf16, progress=False)
+        save_image_grid(x, path, nrow=_nrow(self.s, len(x)))
+
+
+def _nrow(sections, n: int) -> int:
+    return 10 if sections["model"].num_classes == 10 and n % 10 == 0 else max(1, round(math.sqrt(n)))
+
+
+def build_model(sections: dict, **overrides) -> UNet2D:
+    cfg = sections["model"]
+    if overrides:
+        cfg = UNet2DConfig(**{**cfg.__dict__, **overrides})
+    return UNet2D(cfg)
+
+
+def denoiser(sections: dict, model, device, bf16) -> Denoiser:
+    d = sections["diffusion"]
+    return Denoiser(InferenceModel(model, device, bf16), d.build_schedule(), d.prediction)
+
+
+def generate(sections: dict, model, sample_cfg: SampleConfig, n: int, device, bf16: bool, seed: int | None = None,
+             labels: torch.Tensor | None = None, guidance: float | None = None, batch: int = 256,
+             progress: bool = True, sampler_kw: dict | None = None) -> torch.Tensor:
+    """n samples in [-1, 1]. Class-conditional models get labels cycling 0..K-1 unless given."""
+    den = denoiser(sections, model, device, bf16)
+    C, S = sections["data"].channels, sections["data"].size
+    K = sections["model"].num_classes
+    scale = sample_cfg.guidance_scale if guidance is None else guidance
+    g = torch.Generator().manual_seed(sample_cfg.seed if seed is None else seed)
+    kw = {**sample_cfg.kwargs(), **(sampler_kw or {})}
+    out = []
+    for start in tqdm(range(0, n, batch), desc="sample", disable=not progress, leave=False):
+        b = min(batch, n - start)
+        noise = torch.randn(b, C, S, S, generator=g)
+        extra = {}
+        if K > 0:
+            y = labels[start:start + b] if labels is not None else torch.arange(start, start + b) % K
+            extra = {"cond": {"y": y}}
+            if scale != 1.0:
+                extra.update(guidance_scale=scale, uncond={"y": torch.full_like(y, K)})
+        out.append(sample(den, noise, generator=g, **kw, **extra).clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def load_trained(run_dir: Path, sections: dict, device=None) -> tuple[torch.nn.Module, Path]:
+    ckpt = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if ckpt is None:
+        raise ConfigError(f"'{run_dir}' has no checkpoint yet: train it first (multidiff train ...)")
+    return load_ema_weights(ckpt, build_model(sections)), ckpt
+
+
+# ---- the pipeline -----------------------------------------------------------------------
+def prepare(run: Run) -> dict:
+    train, test = build_image_dataset(run["data"], "train"), build_image_dataset(run["data"], "test")
+    return {"train_items": len(train), "test_items": len(test), "classes": train.num_classes,
+            "skipped": [f"{p}: {r}" for p, r in train.skipped + test.skipped]}
+
+
+def train(run: Run, dist: DistInfo, resume: bool, run_dir: Path | None = None, mask_kinds=None,
+          model_overrides: dict | None = None) -> dict:
+    run_dir = run_dir or run.dir
+    sections = run.sections
+    dataset = build_image_dataset(sections["data"], "train")
+    if sections["model"].num_classes and sections["model"].num_classes != dataset.num_classes:
+        raise ConfigError(f"model.num_classes = {sections['model'].num_classes} but the data has "
+                          f"{dataset.num_classes} classes; set model.num_classes = {dataset.num_classes} (or 0)")
+    model = build_model(sections, **(model_overrides or {}))
+    bf16 = resolve_precision(sections["train"].precision, dist.device)
+    task = ImageTask(sections, dist.device, bf16, mask_kinds)
+    fp = fingerprint(sections) + (f"+masks:{','.join(mask_kinds)}" if mask_kinds else "")
+    trainer = Trainer(model, dataset, task, sections["train"], run_dir, dist=dist, fingerprint=fp)
+    ckpt = trainer.fit(resume=resume)
+    return {"checkpoint": str(ckpt), "precision": "bf16" if trainer.bf16 else "fp32"}
+
+
+def sample_stage(run: Run, dist: DistInfo) -> dict:
+    model, ckpt = load_trained(run.dir, run.sections)
+    bf16 = resolve_precision(run["train"].precision, dist.device)
+    x = generate(run.sections, model, run["sample"], run["sample"].n, dist.device, bf16)
+    path = save_image_grid(x, run.dir / "samples" / "final.png", nrow=_nrow(run.sections, len(x)))
+    return {"grid": str(path), "checkpoint": str(ckpt)}
+
+
+def run_recipe(run: Run, dist: DistInfo, resume: bool) -> None:
+    from .image_eval import evaluate
+
+    check_model_fits_data(run)
+    run.stage("prepare", ["data"], lambda: prepare(run))
+    run.stage("train", ["data", "model", "diffusion", "train"], lambda: train(run, dist, resume))
+    if dist.is_main:
+        run.stage("sample", ["data", "model", "diffusion", "train", "sample"], lambda: sample_stage(run, dist))
+        run.stage("evaluate", ["data", "model", "diffusion", "train", "eval"], lambda: evaluate(run, dist))

@@ -1,0 +1,17 @@
+"""Recipe kinds -> the module that runs them (each has SCHEMA and run_recipe)."""
+from __future__ import annotations
+
+import importlib
+
+KINDS = {
+    "image": "multidiff.recipes.image",
+    "image_inpainting": "multidiff.recipes.image_inpainting",
+}
+
+
+def module(kind: str):
+    return importlib.import_module(KINDS[kind])
+
+
+def schemas() -> dict:
+    return {kind: module(kind).SCHEMA for kind in KINDS}

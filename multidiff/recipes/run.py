@@ -1,0 +1,80 @@
+"""Run directories and idempotent stages, shared by every recipe kind.
+
+RUN/config.toml holds the resolved config; RUN/stages/<name>.json marks a finished stage
+together with a hash of the config sections it depends on, so re-running a recipe skips
+what is done and redoes exactly what a config change made stale (like ESPnet's run.sh
+stages, without the numbering by hand).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..train.config import ConfigError, build_sections, read_recipe, to_toml
+from ..utils import read_json, write_json, write_text
+
+
+@dataclass
+class RecipeInfo:
+    """The [recipe] section."""
+    kind: str = "image"
+    description: str = ""
+
+
+def section_hash(sections: dict, names) -> str:
+    return hashlib.sha256(to_toml({n: sections[n] for n in names if n in sections}).encode()).hexdigest()[:16]
+
+
+class Run:
+    def __init__(self, run_dir: Path, sections: dict, log=print, main: bool = True):
+        self.dir, self.sections, self.main = Path(run_dir), sections, main
+        self.log = log if main else (lambda *a: None)
+
+    def __getitem__(self, name):
+        return self.sections[name]
+
+    def stage(self, name: str, depends_on, fn, force: bool = False):
+        """Run `fn()` unless stage `name` already finished with the same config sections; returns
+        the stage's summary dict (what fn returned, or what was recorded)."""
+        marker = self.dir / "stages" / f"{name}.json"
+        h = section_hash(self.sections, depends_on)
+        if marker.exists() and not force:
+            rec = read_json(marker)
+            if rec.get("config_hash") == h:
+                self.log(f"[{name}] done already ({marker}); skipping")
+                return rec.get("summary", {})
+            self.log(f"[{name}] config changed since it ran; running it again")
+        self.log(f"[{name}] running")
+        t0 = time.time()
+        summary = fn() or {}
+        if self.main:
+            write_json(marker, {"config_hash": h, "seconds": round(time.time() - t0, 1), "summary": summary})
+        return summary
+
+
+def load_recipe(path, overrides, schemas: dict) -> tuple[Path, dict]:
+    """Read a recipe and build its sections with the schema of its [recipe] kind."""
+    file, tables = read_recipe(path, overrides)
+    info = build_sections({"recipe": tables.get("recipe", {})}, {"recipe": RecipeInfo}, file)["recipe"]
+    if info.kind not in schemas:
+        raise ConfigError(f"{file}: recipe.kind = {info.kind!r} is not one of {sorted(schemas)}")
+    try:
+        sections = build_sections(tables, {"recipe": RecipeInfo, **schemas[info.kind]}, file)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{file}: {e}") from None
+    return file, sections
+
+
+def save_resolved(run_dir: Path, sections: dict) -> None:
+    write_text(Path(run_dir) / "config.toml", to_toml(sections))
+
+
+def load_run(run_dir, schemas: dict) -> dict:
+    """The resolved config of an existing run directory."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"'{run_dir}' is not a multidiff run directory (no config.toml); give the --out folder "
+                          "of a `multidiff train` run")
+    return load_recipe(run_dir / "config.toml", [], schemas)[1]

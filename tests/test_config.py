@@ -1,0 +1,81 @@
+"""Recipe configs: strict sections, typed overrides, resolved config round trip."""
+import tomllib
+
+import pytest
+
+from multidiff.recipes import registry
+from multidiff.recipes.run import load_recipe, load_run, save_resolved
+from multidiff.train.config import ConfigError, parse_override
+
+RECIPE = """
+[recipe]
+kind = "image"
+[data]
+source = "digits"
+size = 16
+[model]
+image_size = 16
+channel_mult = [1, 2]
+[train]
+steps = 10
+lr = 1e-3
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    d = tmp_path / "my_recipe"
+    d.mkdir()
+    (d / "config.toml").write_text(RECIPE)
+    return d
+
+
+def test_sections_become_dataclasses_with_overrides(recipe):
+    file, s = load_recipe(recipe, ["train.steps=25", "model.channel_mult=[1, 2, 2]", "sample.sampler=ddim",
+                                   "train.lr=2"], registry.schemas())
+    assert file == recipe / "config.toml"
+    assert s["train"].steps == 25 and s["train"].lr == 2.0 and isinstance(s["train"].lr, float)
+    assert s["model"].channel_mult == [1, 2, 2] and s["sample"].sampler == "ddim"
+    assert s["data"].size == 16 and s["diffusion"].timesteps == 1000  # defaults fill the rest
+
+
+def test_resolved_config_round_trips(recipe, tmp_path):
+    _, s = load_recipe(recipe, ["train.steps=7"], registry.schemas())
+    save_resolved(tmp_path / "run", s)
+    again = load_run(tmp_path / "run", registry.schemas())
+    assert again == s
+    assert tomllib.loads((tmp_path / "run" / "config.toml").read_text())["train"]["steps"] == 7
+
+
+@pytest.mark.parametrize("override,match", [
+    (["train.stpes=5"], r"unknown key\(s\) train.stpes; valid keys in \[train\]: steps, batch_size"),
+    (["train.steps=five"], r"train.steps expects an integer, got 'five'"),
+    (["train.steps=2.5"], "train.steps expects an integer"),
+    (["model.channel_mult=[1, 'a']"], r"model.channel_mult\[1\] expects an integer"),
+    (["data.random_flip=1"], "data.random_flip expects true or false"),
+    (["optim.lr=1"], r"unknown section\(s\) \[optim\]; valid sections: \[recipe\], \[data\]"),
+    (["recipe.kind=audio"], "recipe.kind = 'audio' is not one of"),
+    (["sample.sampler=plms"], "sample.sampler = 'plms' is not one of"),
+    (["train.precision=fp16"], "train.precision must be"),
+    (["steps=5"], "must look like section.key=value"),
+])
+def test_mistakes_name_the_key_and_the_valid_choices(recipe, override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_recipe(recipe, override, registry.schemas())
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="no recipe config at"):
+        load_recipe(tmp_path / "nope", [], registry.schemas())
+    (tmp_path / "bad.toml").write_text("[train\nsteps = 1")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_recipe(tmp_path / "bad.toml", [], registry.schemas())
+    with pytest.raises(ConfigError, match="not a multidiff run directory"):
+        load_run(tmp_path, registry.schemas())
+
+
+def test_override_values_are_toml():
+    assert parse_override("a.b=3") == ("a", "b", 3)
+    assert parse_override("a.b=true") == ("a", "b", True)
+    assert parse_override("a.b=hello") == ("a", "b", "hello")
+    assert parse_override('a.b="x=y"') == ("a", "b", "x=y")
