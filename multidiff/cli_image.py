@@ -46,7 +46,7 @@ def sample_command(args) -> int:
     out = Path(args.out)
     if args.out.endswith(("/", "\\")) or out.is_dir():
         for i, xi in enumerate(x):
-            save_image_grid(xi, out / f"sample_{i:04d}.png")
+            save_image_grid(xi, out / f"sample_{i:04d}.png", padding=0)
         print(f"wrote {len(x)} PNGs to {out}/ (from {ckpt})")
     else:
         save_image_grid(x, out, nrow=10 if K == 10 and labels is None and args.n % 10 == 0 else None)
@@ -70,6 +70,6 @@ def inpaint_command(args) -> int:
     dev = _device()
     x = inpaint(args.method, sections, model, known, mask, cfg, dev, resolve_precision(args.precision, dev),
                 torch.Generator().manual_seed(args.seed))
-    save_image_grid(x, args.out)
+    save_image_grid(x, args.out, padding=0)
     print(f"wrote {args.out} ({args.method}, {int((mask == 0).sum())} of {size * size} pixels filled)")
     return 0
