@@ -11,6 +11,7 @@ from pathlib import Path
 BENCHMARKS = {
     "accuracy": ("multidiff.bench.sampler_accuracy", "sampler error vs model calls against the exact Gaussian oracle"),
     "overhead": ("multidiff.bench.sampler_overhead", "per-step sampler overhead vs diffusers' schedulers"),
+    "precision": ("multidiff.bench.precision_curves", "bf16 autocast vs fp32 loss curves on the same recipe"),
     "unet2d": ("multidiff.bench.unet2d_throughput", "U-Net training/sampling throughput vs diffusers and "
                                                     "denoising-diffusion-pytorch"),
 }
