@@ -32,3 +32,22 @@ def test_length_mismatch_and_rtf():
     with pytest.raises(ValueError, match="differ in length"):
         log_mel_distance(tone(), tone(seconds=0.5))
     assert real_time_factor(0.5, 22050, 22050) == 0.5
+
+
+def test_griffin_lim_baseline_reproduces_the_mel():
+    import subprocess
+    import tempfile
+
+    from multidiff.data.audio import read_audio
+    from multidiff.data.mel import MelConfig, griffin_lim, mel_spectrogram
+
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(["espeak-ng", "-w", f"{d}/s.wav", "Griffin and Lim recover phase."], check=True)
+        x = read_audio(f"{d}/s.wav", 22050)
+    x = x[:, :x.shape[1] // 256 * 256]
+    for style, tol in (("lmnt", 0.03), ("hifigan", 0.3)):
+        cfg = MelConfig.preset(style)
+        m = mel_spectrogram(x, cfg)
+        y = griffin_lim(m, cfg, n_iter=32)
+        assert y.shape == x.shape
+        assert (mel_spectrogram(y, cfg) - m).abs().mean() < tol, style

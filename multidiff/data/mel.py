@@ -140,3 +140,30 @@ def _hifigan_tensors(key: tuple, device: str) -> tuple[torch.Tensor, torch.Tenso
     fb = torchaudio.functional.melscale_fbanks(cfg.n_fft // 2 + 1, cfg.f_min, cfg.fmax, cfg.n_mels,
                                                cfg.sample_rate, norm="slaney", mel_scale="slaney")
     return torch.hann_window(cfg.win_length, device=device), fb.T.contiguous().to(device)
+
+
+def griffin_lim(mel: torch.Tensor, cfg: MelConfig, n_iter: int = 64) -> torch.Tensor:
+    """The classic non-neural vocoder, as a baseline: undo the log/normalisation, map mel bands back
+    to linear frequency with the filterbank's pseudo-inverse (clamped at 0), then Griffin-Lim phase
+    reconstruction (Griffin & Lim 1984; torchaudio's fast variant with momentum 0.99).
+    mel [n_mels, frames] -> waveform [1, frames * hop]."""
+    n_stft = cfg.n_fft // 2 + 1
+    if cfg.style == "lmnt":
+        mag = 10 ** ((mel * 100 - 100 + 20) / 20)
+        fb = torchaudio.functional.melscale_fbanks(n_stft, cfg.f_min, cfg.fmax, cfg.n_mels, cfg.sample_rate)
+        window_norm = torch.hann_window(cfg.win_length).pow(2).sum().sqrt()
+        center, normalized = True, True
+    else:
+        mag = mel.exp()
+        fb = _hifigan_tensors(_key(cfg), "cpu")[1].T  # the same slaney basis the feature used
+        window_norm, center, normalized = 1.0, False, False
+    linear = (torch.linalg.pinv(fb.T.double()) @ mag.double()).clamp(min=0).float()  # [n_stft, frames]
+    gl = torchaudio.transforms.GriffinLim(n_fft=cfg.n_fft, n_iter=n_iter, win_length=cfg.win_length,
+                                          hop_length=cfg.hop_length, power=1.0, momentum=0.99)
+    # torchaudio's GriffinLim assumes an un-normalised, centred STFT
+    audio = gl(linear * window_norm if normalized else linear)
+    if not center:  # hifigan frame i is centred on sample i * hop + hop / 2, torchaudio's on i * hop
+        audio = torch.nn.functional.pad(audio, (cfg.hop_length // 2, 0))
+    frames = mel.shape[-1]
+    audio = torch.nn.functional.pad(audio, (0, max(0, frames * cfg.hop_length - audio.shape[-1])))
+    return audio[None, :frames * cfg.hop_length].clamp(-1, 1)
