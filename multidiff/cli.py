@@ -52,16 +52,35 @@ def _train(args) -> int:
     return 0
 
 
-def _sample(args) -> int:
-    from .cli_image import sample_command
+def _run_kind(run_dir) -> str:
+    from .recipes import registry
+    from .recipes.run import load_run
 
+    return load_run(run_dir, registry.schemas())["recipe"].kind
+
+
+def _sample(args) -> int:
+    if _run_kind(args.run_dir) == "audio":
+        from .cli_audio import sample_command
+    else:
+        from .cli_image import sample_command
     return sample_command(args)
 
 
 def _inpaint(args) -> int:
-    from .cli_image import inpaint_command
-
+    if _run_kind(args.run_dir) == "audio":
+        from .cli_audio import inpaint_command
+    else:
+        if not args.image or not (args.mask or args.mask_kind):
+            raise UserError("image inpainting needs --image and --mask or --mask-kind")
+        from .cli_image import inpaint_command
     return inpaint_command(args)
+
+
+def _vocode(args) -> int:
+    from .cli_audio import vocode_command
+
+    return vocode_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,21 +110,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class", dest="label", type=int, help="class label for a class-conditional model")
     s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
     s.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
-    s.add_argument("--out", required=True, help="grid.png, or a folder/ (ending in /) for one PNG per sample")
+    s.add_argument("--seconds", type=float, default=1.0, help="clip length for unconditional audio models")
+    s.add_argument("--out", required=True, help="grid.png, or a folder/ (ending in /) for one PNG (or WAV) per sample")
     s.set_defaults(func=_sample)
 
     i = sub.add_parser("inpaint", help="fill the masked part of an image with a trained run")
-    i.add_argument("run_dir", help="an image_inpainting run, or a plain image run (repaint/replace)")
-    i.add_argument("--image", required=True, help="the image to complete (PNG/JPEG/WebP)")
-    g = i.add_mutually_exclusive_group(required=True)
+    i.add_argument("run_dir", help="an image_inpainting run, a plain image run (repaint/replace), or an audio run")
+    i.add_argument("--image", help="the image to complete (PNG/JPEG/WebP)")
+    i.add_argument("--input", help="audio: the WAV/FLAC to complete")
+    i.add_argument("--gap", help="audio: the stretch to fill, START:END in seconds (e.g. 1.20:1.45)")
+    g = i.add_mutually_exclusive_group()
     g.add_argument("--mask", help="mask PNG: white = region to fill, black = keep")
     g.add_argument("--mask-kind", help="a generated mask: center, left, right, top, bottom, box, strokes")
     i.add_argument("--method", choices=("repaint", "replace", "conditioned"), default="repaint")
     i.add_argument("--steps", type=int, help="sampling steps (default: the run's [inpaint] setting)")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
-    i.add_argument("--out", required=True, help="output PNG (the filled image)")
+    i.add_argument("--out", required=True, help="output PNG or WAV")
     i.set_defaults(func=_inpaint)
+
+    v = sub.add_parser("vocode", help="turn speech (WAV/FLAC, re-vocoded) or mels (.npy) into audio with a vocoder run")
+    v.add_argument("run_dir", help="the --out folder of an audio vocoder run")
+    v.add_argument("--input", nargs="+", required=True, help="speech.wav | mel.npy ([n_mels, frames]); several allowed")
+    v.add_argument("--out", required=True, help="out.wav, or a folder/ for several inputs")
+    v.add_argument("--steps", type=int, help="6 = the fast schedule (default), or e.g. 50 (the training T)")
+    v.add_argument("--sampler", choices=SAMPLERS, help="default ddpm (DiffWave's ancestral sampler)")
+    v.add_argument("--chunk-frames", type=int, help="vocode long inputs in overlapping chunks of this many frames")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    v.set_defaults(func=_vocode)
 
     b = sub.add_parser("bench", help="run a benchmark and print its table",
                        description="Benchmarks: " + "; ".join(f"{k}: {v[1]}" for k, v in BENCHMARKS.items()))

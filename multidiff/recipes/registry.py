@@ -6,6 +6,7 @@ import importlib
 KINDS = {
     "image": "multidiff.recipes.image",
     "image_inpainting": "multidiff.recipes.image_inpainting",
+    "audio": "multidiff.recipes.audio",
 }
 
 

@@ -64,7 +64,9 @@ class TrainConfig:
 
 
 class Task(Protocol):
-    """What a modality supplies: the loss of a micro-batch and a preview of samples."""
+    """What a modality supplies: the loss of a micro-batch and a preview of samples. A task may set
+    `collate` (list of dataset items -> batch) when the default stacking does not fit, e.g.
+    variable-length audio that the loss crops with the step's random draws."""
 
     channels_last: bool
 
@@ -158,6 +160,7 @@ class Trainer:
         cfg = self.cfg
         batches = [self._indices(s, m) for s in range(start_step, cfg.steps) for m in range(cfg.grad_accum)]
         return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=cfg.num_workers,
+                                                collate_fn=getattr(self.task, "collate", None),
                                                 persistent_workers=False))
 
     # ---- the loop --------------------------------------------------------------------
