@@ -1,0 +1,528 @@
+"""DiffWave (Kong et al. 2021): net(x_t, t, mel=None, y=None) -> eps prediction, x_t [B, 1, L].
+
+The architecture and parameter names are those of lmnt-com/diffwave, so its checkpoints load
+as they are (`load_lmnt_checkpoint`): an input 1x1 conv, residual layers of a dilated conv
+(kernel 3, dilation 2**(i % cycle)) + per-layer mel conditioner, a tanh*sigmoid gate and a 1x1
+conv split into residual and skip halves, the skips summed and scaled by 1/sqrt(layers), and a
+zero-initialised output conv. Two things are generalised: the mel upsampler is derived from
+the hop (transposed convs whose strides multiply to hop_length), and an optional class /
+speaker label embedding is added to the step embedding.
+
+Two code paths, one set of weights:
+* the module path (autograd; training) runs the layers as written above;
+* under `torch.no_grad()` the same function runs as a few GEMMs per layer on a [B*L, C]
+  time-major layout with weights repacked once (and again whenever a parameter changes):
+  the dilated conv becomes one GEMM on an im2col buffer, the step embedding, the residual
+  1/sqrt(2) and every bias are folded into weights or per-call vectors, tanh(b) is computed
+  as 2 sigmoid(2b) - 1 (one transcendental pass instead of two), skip_projection is folded
+  into the per-layer skip weights, and the mel conditioner (fixed across sampling steps) is
+  computed once per mel tensor and cached. fp32 agrees with the module path to ~1e-6; under
+  bf16 autocast the GEMMs and the residual/skip streams run in bf16 (fp32 accumulation inside
+  the GEMMs, the gate in fp32), with the error of bf16 autocast on the module path (lmnt's
+  model under autocast): ~1-3% relative RMS of the eps prediction on random weights.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_DERIVED_STRIDE = 32
+EMBED_DIM = 512
+
+
+@dataclass
+class DiffWaveConfig:
+    """The [model] section of an audio recipe's config.toml."""
+    residual_channels: int = 64
+    residual_layers: int = 30
+    dilation_cycle: int = 10
+    n_mels: int = 80                 # 0 = unconditional
+    hop_length: int = 256            # audio samples per mel frame; the upsampler is derived from it
+    upsample_strides: list[int] = field(default_factory=list)  # explicit factorisation of hop_length
+    num_classes: int = 0             # > 0: label embedding; label num_classes is the null label
+    max_steps: int = 50              # training T: rows of the step-embedding table
+
+
+BASE = dict(residual_channels=64, residual_layers=30, dilation_cycle=10)
+LARGE = dict(residual_channels=128, residual_layers=30, dilation_cycle=10)
+UNCONDITIONAL = dict(residual_channels=256, residual_layers=36, dilation_cycle=12, n_mels=0)
+
+
+# ---- mel upsampler -----------------------------------------------------------------------
+def derive_upsample_strides(hop: int, max_stride: int = MAX_DERIVED_STRIDE) -> list[int]:
+    """Strides whose product is `hop`: the fewest (two where possible, as lmnt's [16, 16] for 256),
+    each <= max_stride, as equal as possible, ascending. 300 -> [15, 20], 16 -> [4, 4], 7 -> [7]."""
+    if not isinstance(hop, int) or isinstance(hop, bool) or hop < 1:
+        raise ValueError(f"[model] hop_length must be a positive integer, got {hop!r}")
+    if hop == 1:
+        return []
+    primes, n = [], hop
+    p = 2
+    while p * p <= n:
+        while n % p == 0:
+            primes.append(p)
+            n //= p
+        p += 1
+    if n > 1:
+        primes.append(n)
+    if max(primes) > max_stride:
+        raise ValueError(
+            f"[model] hop_length = {hop} = {' x '.join(map(str, primes))} cannot be split into upsampling strides "
+            f"of at most {max_stride}; use a hop whose prime factors are all <= {max_stride} (e.g. 256 or 300), "
+            f"or set [model] upsample_strides explicitly (their product must be {hop})")
+    if len(primes) == 1:
+        return primes
+    for count in range(2, len(primes) + 1):
+        best = _balanced_split(hop, count, max_stride)
+        if best is not None:
+            return best
+    raise AssertionError("unreachable: the prime factorisation itself is a valid split")
+
+
+def _balanced_split(hop: int, count: int, max_stride: int) -> list[int] | None:
+    """The split of hop into `count` factors in [2, max_stride] with the smallest largest factor."""
+    best = None
+
+    def walk(rest, k, lo, acc):
+        nonlocal best
+        if k == 1:
+            if lo <= rest <= max_stride:
+                cand = acc + [rest]
+                if best is None or (max(cand), -min(cand)) < (max(best), -min(best)):
+                    best = cand
+            return
+        for f in range(lo, min(max_stride, rest) + 1):
+            if rest % f == 0 and f ** (k - 1) <= rest:
+                walk(rest // f, k - 1, f, acc + [f])
+
+    walk(hop, count, 2, [])
+    return best
+
+
+def upsample_strides(cfg: DiffWaveConfig) -> list[int]:
+    if cfg.upsample_strides:
+        strides = [int(s) for s in cfg.upsample_strides]
+        if any(s < 1 for s in strides) or math.prod(strides) != cfg.hop_length:
+            raise ValueError(f"[model] upsample_strides = {cfg.upsample_strides} must be positive integers whose "
+                             f"product is hop_length = {cfg.hop_length} (got {math.prod(strides)}); "
+                             "leave it empty to derive them from the hop")
+        return strides
+    return derive_upsample_strides(cfg.hop_length)
+
+
+class SpectrogramUpsampler(nn.Module):
+    """[B, n_mels, frames] -> [B, n_mels, frames * prod(strides)]: ConvTranspose2d (kernel 3 over mel
+    bins) + leaky ReLU(0.4) per stride, as lmnt's. Even stride s: kernel 2s, padding s/2 (lmnt's
+    [3, 32] / [1, 8] for 16); odd s: kernel 2s + 1, padding (s + 1)/2. Either way each layer's
+    output is exactly `stride` times longer than its input."""
+
+    def __init__(self, strides: list[int]):
+        super().__init__()
+        self.strides = list(strides)
+        for i, s in enumerate(self.strides):
+            k, p = (2 * s, s // 2) if s % 2 == 0 else (2 * s + 1, (s + 1) // 2)
+            self.add_module(f"conv{i + 1}", nn.ConvTranspose2d(1, 1, [3, k], stride=[1, s], padding=[1, p]))
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = mel.unsqueeze(1)
+        for i in range(len(self.strides)):
+            x = F.leaky_relu(getattr(self, f"conv{i + 1}")(x), 0.4)
+        return x.squeeze(1)
+
+
+# ---- diffusion-step embedding --------------------------------------------------------------
+def _step_table(max_steps: int) -> torch.Tensor:
+    """lmnt's table, computed with the same ops so fp32 values match bit for bit."""
+    steps = torch.arange(max_steps).unsqueeze(1)
+    dims = torch.arange(64).unsqueeze(0)
+    table = steps * 10.0 ** (dims * 4.0 / 63.0)
+    return torch.cat([torch.sin(table), torch.cos(table)], dim=1)
+
+
+class DiffusionEmbedding(nn.Module):
+    """128-d sinusoids tabulated at integer steps, linearly interpolated at fractional ones (lmnt's
+    `_lerp_embedding`), then Linear-SiLU-Linear-SiLU to 512. Always fp32 (it is tiny)."""
+
+    def __init__(self, max_steps: int):
+        super().__init__()
+        self.max_steps = max_steps
+        self.register_buffer("embedding", _step_table(max_steps), persistent=False)
+        self.projection1 = nn.Linear(128, EMBED_DIM)
+        self.projection2 = nn.Linear(EMBED_DIM, EMBED_DIM)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(t.device.type, enabled=False):
+            if t.dtype in (torch.int32, torch.int64):
+                x = self.embedding[t]
+            else:
+                t = t.float()
+                low = torch.floor(t).long()
+                lo, hi = self.embedding[low], self.embedding[torch.ceil(t).long()]
+                x = lo + (hi - lo) * (t - low).unsqueeze(-1)
+            x = F.silu(self.projection1(x))
+            return F.silu(self.projection2(x))
+
+
+# ---- the network -------------------------------------------------------------------------------
+def _conv1d(*args, **kw) -> nn.Conv1d:
+    layer = nn.Conv1d(*args, **kw)
+    nn.init.kaiming_normal_(layer.weight)  # lmnt's init
+    return layer
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, n_mels: int, channels: int, dilation: int):
+        super().__init__()
+        self.dilation = dilation
+        self.dilated_conv = _conv1d(channels, 2 * channels, 3, padding=dilation, dilation=dilation)
+        self.diffusion_projection = nn.Linear(EMBED_DIM, channels)
+        self.conditioner_projection = _conv1d(n_mels, 2 * channels, 1) if n_mels > 0 else None
+        self.output_projection = _conv1d(channels, 2 * channels, 1)
+
+    def forward(self, x, emb, cond=None):
+        y = self.dilated_conv(x + self.diffusion_projection(emb).unsqueeze(-1))
+        if self.conditioner_projection is not None:
+            y = y + self.conditioner_projection(cond)
+        gate, filt = y.chunk(2, dim=1)
+        residual, skip = self.output_projection(torch.sigmoid(gate) * torch.tanh(filt)).chunk(2, dim=1)
+        return (x + residual) * (1 / math.sqrt(2.0)), skip
+
+
+class DiffWave(nn.Module):
+    def __init__(self, cfg: DiffWaveConfig | None = None, **overrides):
+        super().__init__()
+        cfg = DiffWaveConfig(**{**(asdict(cfg) if cfg is not None else {}), **overrides})
+        self.cfg = cfg = _check(cfg)
+        C = cfg.residual_channels
+        self.input_projection = _conv1d(1, C, 1)
+        self.diffusion_embedding = DiffusionEmbedding(cfg.max_steps)
+        self.label_embedding = nn.Embedding(cfg.num_classes + 1, EMBED_DIM) if cfg.num_classes > 0 else None
+        self.spectrogram_upsampler = SpectrogramUpsampler(upsample_strides(cfg)) if cfg.n_mels > 0 else None
+        self.residual_layers = nn.ModuleList(
+            ResidualBlock(cfg.n_mels, C, 2 ** (i % cfg.dilation_cycle)) for i in range(cfg.residual_layers))
+        self.skip_projection = _conv1d(C, C, 1)
+        self.output_projection = _conv1d(C, 1, 1)
+        nn.init.zeros_(self.output_projection.weight)
+        self.fast = True            # use the repacked GEMM path under no_grad
+        self.cond_cache_mb = 1024   # largest conditioner cache (MiB); bigger inputs recompute it per call
+        self._packs: dict = {}
+        self._cond_cache: list = []
+
+    @property
+    def null_label(self) -> int:
+        """The label index meaning 'no class'; -1 for a model without labels."""
+        return self.cfg.num_classes if self.cfg.num_classes > 0 else -1
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, mel: torch.Tensor | None = None,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        t = self._check_inputs(x, t, mel, y)
+        emb = self.diffusion_embedding(t)
+        if self.label_embedding is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
+            emb = emb + self.label_embedding(y.long())
+        if self.fast and not torch.is_grad_enabled():
+            return _fast_forward(self, x, emb, mel)
+        cond = self.spectrogram_upsampler(mel) if mel is not None else None
+        h = F.relu(self.input_projection(x))
+        skip = None
+        for layer in self.residual_layers:
+            h, s = layer(h, emb, cond)
+            skip = s if skip is None else skip + s
+        h = F.relu(self.skip_projection(skip * (1 / math.sqrt(len(self.residual_layers)))))
+        return self.output_projection(h).to(x.dtype)
+
+    def _check_inputs(self, x, t, mel, y) -> torch.Tensor:
+        cfg = self.cfg
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1] != 1:
+            raise ValueError(f"DiffWave takes waveforms [B, 1, L], got {getattr(x, 'shape', type(x))}")
+        B, _, L = x.shape
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(B)
+        if t.shape != (B,):
+            raise ValueError(f"timesteps t must have shape [B] = [{B}], got {tuple(t.shape)}")
+        if B and (float(t.min()) < 0 or float(t.max()) > cfg.max_steps - 1):
+            raise ValueError(f"timesteps t must lie in [0, {cfg.max_steps - 1}] (the model's step-embedding "
+                             f"table, [model] max_steps = {cfg.max_steps}), got [{float(t.min())}, {float(t.max())}]")
+        if cfg.n_mels > 0:
+            if mel is None:
+                raise ValueError(f"this DiffWave is conditioned on mel spectrograms [B, {cfg.n_mels}, L / "
+                                 f"{cfg.hop_length}]: pass mel=...; set [model] n_mels = 0 for an unconditional model")
+            if mel.ndim != 3 or mel.shape[0] != B or mel.shape[1] != cfg.n_mels:
+                raise ValueError(f"mel must have shape [B, n_mels, frames] = [{B}, {cfg.n_mels}, frames], got "
+                                 f"{tuple(mel.shape)}; check [model] n_mels against the data's mel bins")
+            if mel.shape[2] * cfg.hop_length != L:
+                raise ValueError(f"{mel.shape[2]} mel frames x hop_length {cfg.hop_length} = "
+                                 f"{mel.shape[2] * cfg.hop_length} samples, but the audio has {L}; crop the audio to "
+                                 f"frames * hop samples (or check [model] hop_length against the data's hop)")
+        elif mel is not None:
+            raise ValueError("mel= was given to an unconditional DiffWave ([model] n_mels = 0)")
+        if y is not None:
+            if cfg.num_classes <= 0:
+                raise ValueError("labels y were given but [model] num_classes = 0")
+            if y.shape != (B,) or y.dtype.is_floating_point or y.dtype == torch.bool:
+                raise ValueError(f"labels y must be integer class indices of shape [B] = [{B}], "
+                                 f"got {y.dtype} {tuple(y.shape)}")
+            if B and (int(y.min()) < 0 or int(y.max()) > cfg.num_classes):
+                raise ValueError(f"labels y must lie in [0, {cfg.num_classes}] ({cfg.num_classes} = the null label), "
+                                 f"got [{int(y.min())}, {int(y.max())}]")
+        return t if t.dtype in (torch.int32, torch.int64) else t.to(torch.float32)
+
+
+def _check(cfg: DiffWaveConfig) -> DiffWaveConfig:
+    for key in ("residual_channels", "residual_layers", "dilation_cycle", "hop_length", "max_steps"):
+        v = getattr(cfg, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"[model] {key} must be a positive integer, got {v!r}")
+    for key in ("n_mels", "num_classes"):
+        v = getattr(cfg, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"[model] {key} must be an integer >= 0, got {v!r}")
+    if cfg.max_steps < 2:
+        raise ValueError(f"[model] max_steps must be >= 2 (the training T), got {cfg.max_steps}")
+    if cfg.n_mels > 0:
+        upsample_strides(cfg)  # raises a clear error for a hop it cannot build
+    cfg.upsample_strides = [int(s) for s in cfg.upsample_strides]
+    return cfg
+
+
+# ---- the no-grad fast path -------------------------------------------------------------------
+def _param_key(model: DiffWave) -> tuple:
+    return tuple((id(p), p._version) for p in model.parameters())
+
+
+def _pack(model: DiffWave, dtype: torch.dtype, device) -> dict:
+    """Weights for the GEMM loop, folded in float64 (see the module docstring for the algebra).
+
+    With x_{i+1} = (x_i + r_i) / sqrt(2), the loop keeps u_i = s_i x_i (s_i = sqrt(2)**i) minus the
+    summed residual biases, so a residual update is one accumulating GEMM: conv weights are divided
+    by s_i, residual weights multiplied by it, and the biases become the per-call vector e_i."""
+    key = (dtype, str(device), _param_key(model))
+    if key in model._packs:
+        return model._packs[key]
+    layers = model.residual_layers
+    n, C = len(layers), model.cfg.residual_channels
+    f64 = dict(dtype=torch.float64, device=device)
+    P = model.skip_projection.weight[:, :, 0].to(**f64)
+    filt2 = torch.ones(2 * C, **f64)
+    filt2[C:] = 2.0  # tanh(b) = 2 sigmoid(2b) - 1: the filter half goes in doubled
+    dil, Wd, Wc, bias, Wres, Wskip, cum = [], [], [], [], [], [], []
+    acc = torch.zeros(C, **f64)
+    skip_b = torch.zeros(C, **f64)
+    for i, layer in enumerate(layers):
+        s = math.sqrt(2.0) ** i
+        w = layer.dilated_conv.weight.to(**f64) * filt2[:, None, None] / s          # [2C, C, 3]
+        Wd.append(torch.cat([w[:, :, 0], w[:, :, 1], w[:, :, 2]], 1).t())         # [3C, 2C]
+        b = layer.dilated_conv.bias.to(**f64)
+        if layer.conditioner_projection is not None:
+            Wc.append(layer.conditioner_projection.weight[:, :, 0].to(**f64) * filt2[:, None])  # [2C, M]
+            b = b + layer.conditioner_projection.bias.to(**f64)
+        bias.append(b * filt2)
+        # g' = sigmoid(a) (sigmoid(2b) - 1/2) = g / 2, so the output weights go in doubled
+        wo, bo = layer.output_projection.weight[:, :, 0].to(**f64) * 2, layer.output_projection.bias.to(**f64)
+        Wres.append((wo[:C] * s).t())
+        Wskip.append((P @ wo[C:] / math.sqrt(n)).t())
+        cum.append(acc.clone())
+        acc = acc + bo[:C] * s
+        skip_b = skip_b + bo[C:]
+        dil.append(layer.dilation)
+    pack = dict(
+        dil=dil,
+        Wd=[w.to(dtype).contiguous() for w in Wd],
+        Wres=[w.to(dtype).contiguous() for w in Wres],
+        Wskip=[w.to(dtype).contiguous() for w in Wskip],
+        bias=[b.to(dtype) for b in bias],
+        Wc=torch.stack([w.t() for w in Wc]).to(dtype).contiguous() if Wc else None,  # [n, M, 2C]
+        # dilated + conditioner weights stacked, for inputs too long to cache the conditioner
+        Wdc=[torch.cat([wd, wc.t()]).to(dtype).contiguous() for wd, wc in zip(Wd, Wc)] if Wc else None,
+        Wdp=torch.cat([l.diffusion_projection.weight for l in layers]).t().to(**f64),   # [512, n*C]
+        bdp=torch.cat([l.diffusion_projection.bias for l in layers]).to(**f64),
+        scale=torch.tensor([math.sqrt(2.0) ** i for i in range(n)], **f64),
+        cum=torch.stack(cum),                                                     # [n, C]
+        skip_bias=(P @ skip_b / math.sqrt(n) + model.skip_projection.bias.to(**f64)).to(dtype),
+        w_in=model.input_projection.weight[:, 0, 0].float(), b_in=model.input_projection.bias.float(),
+        w_out=model.output_projection.weight[0, :, 0].float(), b_out=model.output_projection.bias.float(),
+    )
+    model._packs = {key: pack}  # one precision at a time; stale packs go, with their cached conditioners
+    model._cond_cache = []
+    return pack
+
+
+def _conditioner(model: DiffWave, pack: dict, mel: torch.Tensor, dtype: torch.dtype, L: int):
+    """Every layer's conditioner term (+ its biases) [n, B*L, 2C]: the mel is the same at every
+    sampling step, so it is computed once per mel tensor and kept while its size is within
+    model.cond_cache_mb. None when it is too big (then the loop computes it layer by layer)."""
+    n, C, B = len(pack["dil"]), model.cfg.residual_channels, mel.shape[0]
+    if B * L * n * 2 * C * torch.finfo(dtype).bits // 8 > model.cond_cache_mb * 2**20:
+        return None
+    # the entry holds the mel tensor itself: its memory cannot be reused by another tensor while
+    # cached, so `is` plus the version counter (bumped by any in-place write) identify the content
+    version = None if mel.is_inference() else mel._version
+    for entry in model._cond_cache:
+        if entry[0] is mel and entry[1] == version and version is not None and entry[2] is pack:
+            return entry[3]
+    up = model.spectrogram_upsampler(mel.float()).transpose(1, 2).reshape(B * L, -1).to(dtype)
+    cond = up.new_empty((n, B * L, 2 * C))
+    for i in range(n):
+        torch.addmm(pack["bias"][i], up, pack["Wc"][i], out=cond[i])
+    if version is not None:  # inference-mode tensors have no version counter: never cached
+        # two entries: a guided sampler may alternate between a conditional and an unconditional mel
+        model._cond_cache = [*model._cond_cache[-1:], (mel, version, pack, cond)]
+    return cond
+
+
+def _fast_forward(model: DiffWave, x: torch.Tensor, emb: torch.Tensor, mel: torch.Tensor | None) -> torch.Tensor:
+    dev = x.device
+    dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else torch.float32
+    with torch.autocast(dev.type, enabled=False):
+        pack = _pack(model, dtype, dev)
+        n, C = len(pack["dil"]), model.cfg.residual_channels
+        B, _, L = x.shape
+        # per-call vectors e_i = s_i * (step projection) + summed residual biases, [B, n, C]
+        e = (emb.double() @ pack["Wdp"] + pack["bdp"]).view(B, n, C) * pack["scale"][:, None] + pack["cum"]
+        e = e.to(dtype)
+        cond = _conditioner(model, pack, mel, dtype, L) if mel is not None else None
+        K = 3 * C
+        if mel is not None and cond is None:  # too big to cache: the mel rides along in the im2col buffer
+            up = model.spectrogram_upsampler(mel.float()).transpose(1, 2).to(dtype)
+            K += up.shape[2]
+        buf = x.new_zeros((B, L, K), dtype=dtype)
+        if K > 3 * C:
+            buf[:, :, 3 * C:] = up
+        u = F.relu(x.reshape(B, L, 1).float() * pack["w_in"] + pack["b_in"]).to(dtype)   # [B, L, C]
+        h = torch.empty_like(u)
+        skip = pack["skip_bias"].expand(B * L, C).contiguous()
+        z = x.new_empty((B * L, 2 * C), dtype=dtype)
+        zf = None if dtype == torch.float32 else torch.empty_like(z, dtype=torch.float32)
+        g = None if dtype == torch.float32 else x.new_empty((B * L, C), dtype=dtype)
+        u2, buf2 = u.view(B * L, C), buf.view(B * L, K)
+        for i in range(n):
+            d = pack["dil"][i]
+            torch.add(u, e[:, i, None, :], out=h)
+            buf[:, :, C:2 * C] = h
+            if d < L:  # taps at t - d and t + d, zero beyond the ends (the conv's zero padding)
+                buf[:, d:, :C] = h[:, :L - d]
+                buf[:, :d, :C] = 0
+                buf[:, :L - d, 2 * C:3 * C] = h[:, d:]
+                buf[:, L - d:, 2 * C:3 * C] = 0
+            else:
+                buf[:, :, :C] = 0
+                buf[:, :, 2 * C:3 * C] = 0
+            W = pack["Wdc"][i] if K > 3 * C and cond is None else pack["Wd"][i]
+            torch.addmm(cond[i] if cond is not None else pack["bias"][i], buf2, W, out=z)
+            # the gate in fp32: sigmoid(2b) - 1/2 cancels, and a bf16-rounded sigmoid would cost
+            # tanh(b) its relative precision near 0 (1.3x the error of bf16 autocast on the module path)
+            zf = z if zf is None else zf.copy_(z)
+            zf.sigmoid_()
+            zb = zf[:, C:]
+            zb.sub_(0.5)
+            gate = zf[:, :C].mul_(zb)
+            if g is not None:  # in place, then one conversion: a mixed-dtype mul is 10x slower on CPU
+                gate = g.copy_(gate)
+            if i < n - 1:  # the last layer's residual half is never used
+                u2.addmm_(gate, pack["Wres"][i])
+            skip.addmm_(gate, pack["Wskip"][i])
+        out = torch.addmv(pack["b_out"], F.relu(skip).float(), pack["w_out"])
+    return out.view(B, 1, L).to(x.dtype)
+
+
+# ---- lmnt checkpoints -------------------------------------------------------------------------
+class _AttrDictStandIn:
+    """What a pickled `diffwave.params.AttrDict` becomes: an OrderedDict, nothing executed. (torch's
+    weights_only unpickler fills only exact dict / OrderedDict types, and lmnt's AttrDict pickles its
+    __dict__, which is the dict itself: OrderedDict takes that state harmlessly.)"""
+
+    def __new__(cls, *args, **kwargs):
+        return OrderedDict()
+
+
+_SAFE_GLOBALS = [(_AttrDictStandIn, "diffwave.params.AttrDict")]
+
+
+def _read(path: str) -> dict:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path, device="cpu")
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"refusing to load {path}: it needs Python objects beyond tensors, plain containers and "
+                         f"lmnt's AttrDict, and unpickling them could run arbitrary code ({str(err).splitlines()[0]}). "
+                         "If you trust the file, convert it to a state dict or safetensors yourself.") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"could not read {path} as a torch checkpoint: {err}") from None
+
+
+def _config_from(state: dict, params: dict) -> dict:
+    """Model settings from lmnt's params where present, else from the weights' shapes."""
+    kw = {}
+    if "input_projection.weight" not in state:
+        raise ValueError("this is not a DiffWave state dict (no 'input_projection.weight'); keys start with "
+                         f"{sorted(state)[:5]}")
+    kw["residual_channels"] = state["input_projection.weight"].shape[0]
+    kw["residual_layers"] = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("residual_layers."))
+    cw = state.get("residual_layers.0.conditioner_projection.weight")
+    kw["n_mels"] = int(cw.shape[1]) if cw is not None else 0
+    ups = sorted(int(k[len("spectrogram_upsampler.conv"):].split(".")[0]) for k in state
+                 if k.startswith("spectrogram_upsampler.conv") and k.endswith(".weight"))
+    if ups:
+        kw["upsample_strides"] = [int(state[f"spectrogram_upsampler.conv{j}.weight"].shape[-1]) // 2 for j in ups]
+        kw["hop_length"] = math.prod(kw["upsample_strides"])
+    if "label_embedding.weight" in state:
+        kw["num_classes"] = state["label_embedding.weight"].shape[0] - 1
+    if "dilation_cycle_length" in params:
+        kw["dilation_cycle"] = int(params["dilation_cycle_length"])
+    if "noise_schedule" in params:
+        kw["max_steps"] = len(params["noise_schedule"])
+    if "hop_samples" in params and kw.get("n_mels"):
+        kw["hop_length"] = int(params["hop_samples"])
+    if ups:
+        try:  # keep the config minimal when the weights use the strides the hop derives anyway
+            if derive_upsample_strides(kw["hop_length"]) == kw["upsample_strides"]:
+                kw["upsample_strides"] = []
+        except ValueError:
+            pass
+    return kw
+
+
+def load_lmnt_checkpoint(path, **config_overrides) -> DiffWave:
+    """A DiffWave (eval mode) from lmnt's `weights.pt` / `weights-XXXX.pt` (or the model directory
+    holding weights.pt), a plain state dict file, or safetensors. Read with weights_only=True: only
+    tensors, plain containers and lmnt's AttrDict (as a plain dict) are unpickled; anything else is
+    refused. Settings come from the checkpoint's `params` and the weights' shapes; keyword
+    overrides (DiffWaveConfig fields) win, e.g. dilation_cycle for a plain state dict."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "weights.pt")
+    if not os.path.isfile(path):
+        raise ValueError(f"no checkpoint at {path}; pass lmnt's weights.pt (or its model directory)")
+    ckpt = _read(path)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict or state dict")
+    state, params = (ckpt["model"], dict(ckpt.get("params") or {})) if "model" in ckpt else (ckpt, {})
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: 'model' is not a state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # DistributedDataParallel prefix
+    kw = _config_from(state, params)
+    if params.get("unconditional"):
+        kw["n_mels"] = 0
+    valid = {f.name for f in fields(DiffWaveConfig)}
+    bad = sorted(set(config_overrides) - valid)
+    if bad:
+        raise ValueError(f"unknown DiffWave setting(s) {bad}; valid: {sorted(valid)}")
+    kw.update(config_overrides)
+    model = DiffWave(DiffWaveConfig(**kw))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit a DiffWave with {kw}: {err}") from None
+    return model.eval()

@@ -1,0 +1,317 @@
+"""DiffWave: shapes, conditioning, fractional t, init, lmnt-com/diffwave equivalence, safe loading, errors."""
+import math
+import os
+
+import pytest
+import torch
+
+from multidiff.core import Denoiser, Schedule
+from multidiff.models.diffwave import (BASE, LARGE, UNCONDITIONAL, DiffWave, DiffWaveConfig, SpectrogramUpsampler,
+                                       derive_upsample_strides, load_lmnt_checkpoint)
+
+lmnt_model = pytest.importorskip("diffwave.model")
+lmnt_params = pytest.importorskip("diffwave.params")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: one thread is as fast, and immune to other processes holding the second core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY = dict(residual_channels=8, residual_layers=4, dilation_cycle=2, n_mels=6, hop_length=16)
+
+
+def randomize(model: torch.nn.Module, scale: float = 0.05, seed: int = 1) -> torch.nn.Module:
+    """Perturb every weight (the zero-initialised output conv included) so outputs depend on all of them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model.eval()
+
+
+def rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def both_paths(model, *args, **kw):
+    """The module path (what training runs) and the repacked no-grad path."""
+    with torch.no_grad():
+        fast = model(*args, **kw)
+        model.fast = False
+        try:
+            slow = model(*args, **kw)
+        finally:
+            model.fast = True
+    return fast, slow
+
+
+def lmnt_params_dict(**kw):
+    return lmnt_params.AttrDict({**lmnt_params.params, **kw})
+
+
+# ---- shapes and conditioning ----------------------------------------------------------------
+@pytest.mark.parametrize("preset,L,n_mels", [(BASE, 512, 80), (LARGE, 256, 80), (UNCONDITIONAL, 200, 0)])
+def test_presets_shapes(preset, L, n_mels):
+    cfg = DiffWaveConfig(**preset)
+    assert cfg.n_mels == n_mels
+    m = randomize(DiffWave(cfg))
+    mel = rand(1, n_mels, L // 256, seed=1) if n_mels else None
+    with torch.no_grad():
+        out = m(rand(1, 1, L), torch.tensor([7.0]), mel=mel)
+    assert out.shape == (1, 1, L) and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("hop,strides", [(256, [16, 16]), (300, [15, 20]), (16, [4, 4]), (7, [7]), (1, []),
+                                         (2048, [8, 16, 16]), (441, [21, 21])])
+def test_derived_strides(hop, strides):
+    assert derive_upsample_strides(hop) == strides
+    assert math.prod(strides) == hop
+
+
+@pytest.mark.parametrize("hop,explicit", [(300, []), (16, []), (15, []), (12, [3, 2, 2]), (7, [])])
+def test_non_256_hops_give_exact_lengths(hop, explicit):
+    m = randomize(DiffWave(**{**TINY, "hop_length": hop, "upsample_strides": explicit}))
+    frames = 3
+    mel = rand(2, 6, frames, seed=1)
+    up = m.spectrogram_upsampler(mel)
+    assert up.shape == (2, 6, frames * hop)
+    fast, slow = both_paths(m, rand(2, 1, frames * hop), torch.tensor([3.0, 11.5]), mel=mel)
+    assert fast.shape == (2, 1, frames * hop)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+
+
+def test_class_conditional():
+    m = randomize(DiffWave(**TINY, num_classes=3))
+    x, t, mel = rand(2, 1, 64), torch.tensor([5.0, 5.0]), rand(2, 6, 4, seed=1)
+    with torch.no_grad():
+        a = m(x, t, mel=mel, y=torch.tensor([0, 1]))
+        b = m(x, t, mel=mel, y=torch.tensor([2, 1]))
+        null = m(x, t, mel=mel)
+        null2 = m(x, t, mel=mel, y=torch.full((2,), m.null_label))
+    assert not torch.allclose(a[0], b[0]) and torch.allclose(a[1], b[1])
+    torch.testing.assert_close(null, null2)
+    fast, slow = both_paths(m, x, t, mel=mel, y=torch.tensor([0, 2]))
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+
+
+def test_zero_init_output_and_lmnt_init():
+    m = DiffWave(**TINY).eval()
+    assert not m.output_projection.weight.any()
+    fast, slow = both_paths(m, rand(1, 1, 64), torch.tensor([3.0]), mel=rand(1, 6, 4))
+    # only the (zero-init'd weight's) bias is left: a constant
+    assert torch.allclose(fast, m.output_projection.bias.expand_as(fast)) and torch.equal(slow, slow.flatten()[0].expand_as(slow))
+
+
+# ---- fractional timesteps -------------------------------------------------------------------
+def test_fractional_t_interpolates_the_table_like_lmnt():
+    m = randomize(DiffWave(**TINY))
+    emb = m.diffusion_embedding
+    table = emb.embedding
+    want = emb.projection1(table[2] + 0.25 * (table[3] - table[2]))
+    want = torch.nn.functional.silu(emb.projection2(torch.nn.functional.silu(want)))
+    torch.testing.assert_close(emb(torch.tensor([2.25])), want[None])
+    torch.testing.assert_close(emb(torch.tensor([4.0])), emb(torch.tensor([4])))  # float == integer lookup
+    # per-sample fractional t in one batch == one call each (lmnt's lerp only broadcasts for B = 1)
+    x, mel = rand(3, 1, 64), rand(3, 6, 4, seed=1)
+    t = torch.tensor([0.3, 17.75, 49.0])
+    with torch.no_grad():
+        batched = m(x, t, mel=mel)
+        single = torch.cat([m(x[i:i + 1], t[i:i + 1], mel=mel[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, single, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        a, b, mid = (m(x[:1], torch.tensor([v]), mel=mel[:1]) for v in (17.0, 18.0, 17.5))
+    assert not torch.allclose(a, b) and not torch.allclose(mid, a)
+
+
+# ---- lmnt-com/diffwave equivalence --------------------------------------------------------------
+def lmnt_checkpoint(path, ref, params):
+    """lmnt's learner.state_dict() layout, written with torch.save like its save_to_checkpoint."""
+    torch.save({"step": 1234, "model": ref.state_dict(),
+                "optimizer": torch.optim.Adam(ref.parameters(), lr=2e-4).state_dict(),
+                "params": params, "scaler": {"scale": 65536.0, "growth_factor": 2.0}}, path)
+
+
+@pytest.mark.parametrize("as_attrdict", [True, False])
+def test_lmnt_equivalence_default_params(tmp_path, as_attrdict):
+    params = lmnt_params_dict()
+    ref = randomize(lmnt_model.DiffWave(params), scale=0.02)
+    path = tmp_path / "weights-1234.pt"
+    lmnt_checkpoint(path, ref, params if as_attrdict else dict(params))
+    ours = load_lmnt_checkpoint(path)
+    assert ours.cfg == DiffWaveConfig(**BASE)
+    frames = 4
+    audio, mel = rand(2, 256 * frames) * 0.5, torch.rand(2, 80, frames, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = ref(audio, mel, torch.tensor([3, 41]))          # integer steps: lmnt's table lookup
+        want_frac = ref(audio[:1], mel[:1], torch.tensor([22.9925]))  # fractional: lmnt's _lerp (B = 1 only)
+    for got in both_paths(ours, audio[:, None], torch.tensor([3.0, 41.0]), mel=mel):
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-4)
+    for got in both_paths(ours, audio[:1, None], torch.tensor([22.9925]), mel=mel[:1]):
+        torch.testing.assert_close(got, want_frac, atol=2e-6, rtol=1e-4)
+    # the directory form, as lmnt's inference.py takes it
+    os.replace(path, tmp_path / "weights.pt")
+    assert load_lmnt_checkpoint(tmp_path).cfg == ours.cfg
+
+
+def test_lmnt_equivalence_unconditional(tmp_path):
+    """lmnt's master branch drops the upsampler and conditioners when params.unconditional; the PyPI
+    model with zeroed conditioners computes the same function."""
+    params = lmnt_params_dict(residual_layers=12, residual_channels=32, dilation_cycle_length=6)
+    ref = randomize(lmnt_model.DiffWave(params), scale=0.02)
+    with torch.no_grad():
+        for layer in ref.residual_layers:
+            layer.conditioner_projection.weight.zero_()
+            layer.conditioner_projection.bias.zero_()
+    state = {k: v for k, v in ref.state_dict().items() if "conditioner" not in k and "upsampler" not in k}
+    torch.save({"step": 1, "model": state, "params": {**params, "unconditional": True}}, tmp_path / "u.pt")
+    ours = load_lmnt_checkpoint(tmp_path / "u.pt")
+    assert ours.cfg.n_mels == 0 and ours.cfg.dilation_cycle == 6 and ours.spectrogram_upsampler is None
+    audio = rand(1, 1000) * 0.5
+    with torch.no_grad():
+        want = ref(audio[:, :768], torch.zeros(1, 80, 3), torch.tensor([30]))
+    for got in both_paths(ours, audio[:, None, :768], torch.tensor([30.0])):
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-4)
+    with torch.no_grad():  # any length when unconditional
+        assert ours(audio[:, None], torch.tensor([2.5])).shape == (1, 1, 1000)
+
+
+def test_upsampler_for_hop_256_is_lmnts():
+    ref = lmnt_model.SpectrogramUpsampler(80)
+    ours = SpectrogramUpsampler(derive_upsample_strides(256))
+    for name in ("conv1", "conv2"):
+        a, b = getattr(ref, name), getattr(ours, name)
+        assert (a.kernel_size, a.stride, a.padding) == (b.kernel_size, b.stride, b.padding) == ((3, 32), (1, 16), (1, 8))
+    ours.load_state_dict(ref.state_dict())
+    mel = rand(2, 80, 7)
+    with torch.no_grad():
+        assert torch.equal(ours(mel), ref(mel))
+
+
+def test_bf16_path_is_as_accurate_as_autocast_on_the_module_path():
+    m = randomize(DiffWave(**{**TINY, "residual_layers": 10, "residual_channels": 16, "dilation_cycle": 5}))
+    x, t, mel = rand(2, 1, 256) * 0.5, torch.tensor([4.0, 30.5]), rand(2, 6, 16, seed=1)
+    with torch.no_grad():
+        ref = m(x, t, mel=mel)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast, slow = both_paths(m, x, t, mel=mel)
+    assert fast.dtype == torch.float32
+    err = lambda y: ((y.float() - ref).norm() / ref.norm()).item()
+    # documented tolerance: the fast bf16 path stays within 1.5x of autocast's own error (and below 3%)
+    assert err(fast) < max(1.5 * err(slow), 1e-3) and err(fast) < 0.03
+
+
+# ---- the fast path's caches ----------------------------------------------------------------------
+def test_fast_path_follows_weight_and_mel_changes():
+    m = randomize(DiffWave(**TINY))
+    x, t = rand(1, 1, 64), torch.tensor([9.0])
+    mel = rand(1, 6, 4, seed=1)
+    with torch.no_grad():
+        a = m(x, t, mel=mel)
+        mel.mul_(2)                      # in place: the cached conditioner must not be reused
+        b = m(x, t, mel=mel)
+        m.fast = False
+        want_b = m(x, t, mel=mel)
+        m.fast = True
+        m.residual_layers[1].conditioner_projection.weight.add_(0.1)   # e.g. an optimizer step
+        c = m(x, t, mel=mel)
+        m.fast = False
+        want_c = m(x, t, mel=mel)
+        m.fast = True
+        d = m(x, t, mel=rand(1, 6, 4, seed=7))   # a new tensor: a new conditioner
+    torch.testing.assert_close(b, want_b, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(c, want_c, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(a, b) and not torch.allclose(c, d)
+    m.cond_cache_mb = 0                   # too big to cache: the mel rides in the GEMM
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, t, mel=mel), want_c, atol=1e-6, rtol=1e-5)
+
+
+def test_gradients_flow_and_denoiser_contract():
+    m = randomize(DiffWave(**TINY)).train()
+    x, mel = rand(2, 1, 64), rand(2, 6, 4, seed=1)
+    out = m(x, torch.tensor([1.5, 40.0]), mel=mel)
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in m.parameters())
+    den = Denoiser(m.eval(), Schedule.from_betas(torch.linspace(1e-4, 0.05, 50)), "eps")
+    with torch.no_grad():
+        est = den.vp(x, 12.25, 0.5, mel=mel)
+    assert est.x0.shape == x.shape
+
+
+# ---- loading safely --------------------------------------------------------------------------------
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    ref = lmnt_model.DiffWave(lmnt_params_dict(residual_layers=2))
+    torch.save({"step": 1, "model": ref.state_dict(), "params": _Evil(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="refusing to load .*evil.pt"):
+        load_lmnt_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_plain_state_dict_and_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    m = randomize(DiffWave(**{**TINY, "hop_length": 300}))
+    torch.save(m.state_dict(), tmp_path / "sd.pt")
+    save_file(m.state_dict(), tmp_path / "w.safetensors")
+    x, t, mel = rand(1, 1, 600), torch.tensor([7.5]), rand(1, 6, 2, seed=1)
+    with torch.no_grad():
+        want = m(x, t, mel=mel)
+        for f in ("sd.pt", "w.safetensors"):
+            # a plain state dict has no params: the dilation cycle can't be read from the shapes
+            got = load_lmnt_checkpoint(tmp_path / f, dilation_cycle=2)
+            assert got.cfg.hop_length == 300 and got.spectrogram_upsampler.strides == [15, 20]
+            torch.testing.assert_close(got(x, t, mel=mel), want)
+    with pytest.raises(ValueError, match="unknown DiffWave setting"):
+        load_lmnt_checkpoint(tmp_path / "sd.pt", dilation=2)
+    with pytest.raises(ValueError, match="no checkpoint at"):
+        load_lmnt_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_lmnt_checkpoint(tmp_path / "junk.pt")
+
+
+# ---- clear errors -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw,match", [
+    (dict(hop_length=74), r"74 = 2 x 37 cannot be split"),
+    (dict(hop_length=331), r"331 cannot be split .* upsample_strides"),
+    (dict(hop_length=256, upsample_strides=[16, 8]), r"product is hop_length = 256 \(got 128\)"),
+    (dict(residual_channels=0), "residual_channels must be a positive integer"),
+    (dict(max_steps=1), "max_steps must be >= 2"),
+])
+def test_config_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        DiffWave(**{**TINY, **kw})
+
+
+def test_input_errors():
+    m = DiffWave(**TINY).eval()
+    x, t = rand(1, 1, 64), torch.tensor([3.0])
+    with pytest.raises(ValueError, match=r"5 mel frames x hop_length 16 = 80 samples, but the audio has 64"):
+        m(x, t, mel=rand(1, 6, 5))
+    with pytest.raises(ValueError, match=r"\[1, 6, frames\], got \(1, 80, 4\); check \[model\] n_mels"):
+        m(x, t, mel=rand(1, 80, 4))
+    with pytest.raises(ValueError, match="pass mel="):
+        m(x, t)
+    with pytest.raises(ValueError, match=r"waveforms \[B, 1, L\]"):
+        m(x[:, 0], t, mel=rand(1, 6, 4))
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 49\]"):
+        m(x, torch.tensor([49.5]), mel=rand(1, 6, 4))
+    with pytest.raises(ValueError, match="num_classes = 0"):
+        m(x, t, mel=rand(1, 6, 4), y=torch.tensor([0]))
+    u = DiffWave(**{**TINY, "n_mels": 0})
+    with pytest.raises(ValueError, match="unconditional DiffWave"):
+        u(x, t, mel=rand(1, 6, 4))
