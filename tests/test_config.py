@@ -54,7 +54,7 @@ def test_resolved_config_round_trips(recipe, tmp_path):
     (["model.channel_mult=[1, 'a']"], r"model.channel_mult\[1\] expects an integer"),
     (["data.random_flip=1"], "data.random_flip expects true or false"),
     (["optim.lr=1"], r"unknown section\(s\) \[optim\]; valid sections: \[recipe\], \[data\]"),
-    (["recipe.kind=audio"], "recipe.kind = 'audio' is not one of"),
+    (["recipe.kind=sound"], "recipe.kind = 'sound' is not one of"),
     (["sample.sampler=plms"], "sample.sampler = 'plms' is not one of"),
     (["train.precision=fp16"], "train.precision must be"),
     (["steps=5"], "must look like section.key=value"),
