@@ -8,6 +8,7 @@ from .embedding import TimestepEmbedding, timestep_embedding
 from .layers import Downsample, Upsample, conv_nd, dropout, group_norm, zero_
 from .norm import GroupNorm
 from .resblock import ResBlock
+from .temporal import TemporalAttention, TemporalConv
 
 __all__ = ["timestep_embedding", "TimestepEmbedding", "ResBlock", "SelfAttention", "Downsample", "Upsample",
-           "GroupNorm", "conv_nd", "dropout", "group_norm", "zero_"]
+           "GroupNorm", "conv_nd", "dropout", "group_norm", "zero_", "TemporalAttention", "TemporalConv"]
