@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from multidiff.core import Denoiser, Schedule
+from multidiff.core import Denoiser, Schedule, sample
 from multidiff.models.diffwave import (BASE, LARGE, UNCONDITIONAL, DiffWave, DiffWaveConfig, SpectrogramUpsampler,
                                        derive_upsample_strides, load_lmnt_checkpoint)
 
@@ -103,8 +103,9 @@ def test_zero_init_output_and_lmnt_init():
     m = DiffWave(**TINY).eval()
     assert not m.output_projection.weight.any()
     fast, slow = both_paths(m, rand(1, 1, 64), torch.tensor([3.0]), mel=rand(1, 6, 4))
-    # only the (zero-init'd weight's) bias is left: a constant
-    assert torch.allclose(fast, m.output_projection.bias.expand_as(fast)) and torch.equal(slow, slow.flatten()[0].expand_as(slow))
+    # only the output conv's bias is left: a constant
+    assert torch.allclose(fast, m.output_projection.bias.expand_as(fast))
+    assert torch.equal(slow, slow.flatten()[0].expand_as(slow))
 
 
 # ---- fractional timesteps -------------------------------------------------------------------
@@ -185,7 +186,8 @@ def test_upsampler_for_hop_256_is_lmnts():
     ours = SpectrogramUpsampler(derive_upsample_strides(256))
     for name in ("conv1", "conv2"):
         a, b = getattr(ref, name), getattr(ours, name)
-        assert (a.kernel_size, a.stride, a.padding) == (b.kernel_size, b.stride, b.padding) == ((3, 32), (1, 16), (1, 8))
+        want = ((3, 32), (1, 16), (1, 8))
+        assert (a.kernel_size, a.stride, a.padding) == (b.kernel_size, b.stride, b.padding) == want
     ours.load_state_dict(ref.state_dict())
     mel = rand(2, 80, 7)
     with torch.no_grad():
@@ -237,10 +239,17 @@ def test_gradients_flow_and_denoiser_contract():
     out = m(x, torch.tensor([1.5, 40.0]), mel=mel)
     out.square().mean().backward()
     assert all(p.grad is not None for p in m.parameters())
-    den = Denoiser(m.eval(), Schedule.from_betas(torch.linspace(1e-4, 0.05, 50)), "eps")
+    sched = Schedule.from_betas(torch.linspace(1e-4, 0.05, 50))
+    den = Denoiser(m.eval(), sched, "eps")
     with torch.no_grad():
         est = den.vp(x, 12.25, 0.5, mel=mel)
     assert est.x0.shape == x.shape
+    # lmnt's 6-step fast schedule through the core sampler: fractional timesteps paired with sigmas
+    betas = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
+    ac = torch.cumprod(1 - torch.tensor(betas, dtype=torch.float64), 0)
+    audio = sample(den, rand(2, 1, 64, seed=3), "ddpm", timesteps=sched.align_betas(betas).flip(0),
+                   sigmas=((1 - ac) / ac).sqrt().flip(0), variance="posterior", cond={"mel": mel})
+    assert audio.shape == (2, 1, 64) and torch.isfinite(audio).all()
 
 
 # ---- loading safely --------------------------------------------------------------------------------

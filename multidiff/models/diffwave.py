@@ -359,7 +359,8 @@ def _pack(model: DiffWave, dtype: torch.dtype, device) -> dict:
 def _conditioner(model: DiffWave, pack: dict, mel: torch.Tensor, dtype: torch.dtype, L: int):
     """Every layer's conditioner term (+ its biases) [n, B*L, 2C]: the mel is the same at every
     sampling step, so it is computed once per mel tensor and kept while its size is within
-    model.cond_cache_mb. None when it is too big (then the loop computes it layer by layer)."""
+    model.cond_cache_mb. None when it is too big: then the upsampled mel rides along in each layer's
+    im2col GEMM instead (the same FLOPs every call, no memory for a cache)."""
     n, C, B = len(pack["dil"]), model.cfg.residual_channels, mel.shape[0]
     if B * L * n * 2 * C * torch.finfo(dtype).bits // 8 > model.cond_cache_mb * 2**20:
         return None
