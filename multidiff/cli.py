@@ -11,6 +11,8 @@ from pathlib import Path
 BENCHMARKS = {
     "accuracy": ("multidiff.bench.sampler_accuracy", "sampler error vs model calls against the exact Gaussian oracle"),
     "overhead": ("multidiff.bench.sampler_overhead", "per-step sampler overhead vs diffusers' schedulers"),
+    "diffwave": ("multidiff.bench.diffwave_speed", "DiffWave vocoding/training speed vs lmnt-com/diffwave"),
+    "unet3d": ("multidiff.bench.unet3d_throughput", "video U-Net throughput vs video-diffusion-pytorch"),
     "precision": ("multidiff.bench.precision_curves", "bf16 autocast vs fp32 loss curves on the same recipe"),
     "unet2d": ("multidiff.bench.unet2d_throughput", "U-Net training/sampling throughput vs diffusers and "
                                                     "denoising-diffusion-pytorch"),
