@@ -65,7 +65,9 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model, ema, optimizer, state: dict, keep: int = 3) -> Path:
+def save_checkpoint(ckpt_root: Path, step: int, model, ema, optimizer, state: dict, keep: int = 3,
+                    extra: dict | None = None) -> Path:
+    """`extra`: more tensors a task trains beside the model (e.g. a discriminator and its optimizer)."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:07d}"
     if final.exists():
@@ -77,6 +79,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model, ema, optimizer, state: di
         tensors, meta = optimizer_tensors(optimizer)
         tensors["rng.torch"] = torch.get_rng_state()
         _save(tensors, tmp / "optimizer.safetensors", meta)
+        if extra:
+            _save(extra, tmp / "extra.safetensors")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2, sort_keys=True))
         for f in tmp.iterdir():  # data on disk before the rename makes it visible
             with open(f, "rb") as fh:
@@ -90,6 +94,12 @@ def save_checkpoint(ckpt_root: Path, step: int, model, ema, optimizer, state: di
     for stale in ckpt_root.glob(".step_*.tmp"):  # left by a kill mid-write
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def read_extra(ckpt: Path) -> dict:
+    """The task's extra tensors of a checkpoint ({} when it saved none)."""
+    path = ckpt / "extra.safetensors"
+    return _load(path) if path.exists() else {}
 
 
 def read_state(ckpt: Path) -> dict:

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..utils import write_text
-from .checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, read_extra, read_state, save_checkpoint
 from .distributed import DistInfo, barrier
 from .ema import EMA
 from .plots import plot_loss_curve
@@ -74,6 +74,12 @@ class Task(Protocol):
 
     def preview(self, model, path: Path) -> None: ...
 
+    # Optional, for tasks that train more than the model (e.g. an autoencoder's discriminator):
+    #   after_step(step)        called on every process after the model's optimizer step
+    #   extra_state() -> dict   tensors saved in each checkpoint (extra.safetensors) ...
+    #   load_extra_state(dict)  ... and handed back on resume
+    #   log_values() -> dict    extra numbers for metrics.jsonl, averaged since the last call
+
 
 class TrainingDiverged(RuntimeError):
     pass
@@ -93,6 +99,7 @@ class BatchRandom:
 
     def __init__(self, seed: int, step: int, global_n: int, part: slice, device):
         self.generator = torch.Generator().manual_seed(_seed(seed, step))
+        self.step = step  # for losses that switch on after a warm-up (e.g. an autoencoder's GAN term)
         self.global_n, self.part, self.device = global_n, part, device
 
     def _take(self, t: torch.Tensor) -> torch.Tensor:
@@ -197,6 +204,8 @@ class Trainer:
                 self._diverged(step, float(gnorm), what="gradient norm")
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            if hasattr(self.task, "after_step"):
+                self.task.after_step(step)
             done = step + 1
             if main:
                 self.ema.update(self.model, step)
@@ -206,6 +215,8 @@ class Trainer:
                 now = time.perf_counter()
                 rec = {"step": done, "loss": sum(window) / len(window), "lr": lr, "grad_norm": float(gnorm),
                        "it_s": len(window) / (now - t_log), "time": time.time()}
+                if hasattr(self.task, "log_values"):
+                    rec.update(self.task.log_values())
                 self._log(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}")
                 t_log, window = now, []
@@ -235,6 +246,8 @@ class Trainer:
             raise FileExistsError(f"'{self.run_dir}' already holds a run stopped at step {state['step']} of "
                                   f"{self.cfg.steps}: pass --resume to continue it, or --out another directory")
         load_checkpoint(ckpt, self.model, self.ema, self.optimizer)
+        if hasattr(self.task, "load_extra_state"):
+            self.task.load_extra_state(read_extra(ckpt))
         if self.dist.is_main:
             self._truncate_log(state["step"])
         return state["step"]
@@ -245,7 +258,8 @@ class Trainer:
                             {"fingerprint": self.fingerprint, "seed": self.cfg.seed,
                              "data_order": "randperm(seed, epoch), drop-last", "precision":
                              "bf16" if self.bf16 else "fp32", "world_size": self.dist.world_size},
-                            keep=self.cfg.keep_checkpoints)
+                            keep=self.cfg.keep_checkpoints,
+                            extra=self.task.extra_state() if hasattr(self.task, "extra_state") else None)
             plot_loss_curve(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         barrier(self.dist)
 
