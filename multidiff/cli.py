@@ -62,19 +62,28 @@ def _run_kind(run_dir) -> str:
 
 
 def _sample(args) -> int:
-    if _run_kind(args.run_dir) == "audio":
+    kind = _run_kind(args.run_dir)
+    if kind == "audio":
         from .cli_audio import sample_command
+    elif kind in ("video", "video_prediction"):
+        from .cli_video import sample_command
     else:
         from .cli_image import sample_command
     return sample_command(args)
 
 
 def _inpaint(args) -> int:
-    if _run_kind(args.run_dir) == "audio":
+    kind = _run_kind(args.run_dir)
+    if kind == "audio":
         from .cli_audio import inpaint_command
+    elif kind in ("video", "video_prediction"):
+        if not args.input:
+            raise UserError("video completion needs --input clip.mp4 and --known-frames (e.g. 0:4 or 0,15)")
+        from .cli_video import inpaint_command
     else:
         if not args.image or not (args.mask or args.mask_kind):
             raise UserError("image inpainting needs --image and --mask or --mask-kind")
+        args.method = args.method or "repaint"
         from .cli_image import inpaint_command
     return inpaint_command(args)
 
@@ -113,18 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
     s.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     s.add_argument("--seconds", type=float, default=1.0, help="clip length for unconditional audio models")
+    s.add_argument("--frames", type=int, help="video: frames per clip (default: the training length)")
+    s.add_argument("--fps", type=float, help="video: frame rate of the written MP4/GIF (default: the run's [sample] fps)")
     s.add_argument("--out", required=True, help="grid.png, or a folder/ (ending in /) for one PNG (or WAV) per sample")
     s.set_defaults(func=_sample)
 
-    i = sub.add_parser("inpaint", help="fill the masked part of an image with a trained run")
+    i = sub.add_parser("inpaint", help="fill the masked part of an image, audio gap or video frames with a trained run")
     i.add_argument("run_dir", help="an image_inpainting run, a plain image run (repaint/replace), or an audio run")
     i.add_argument("--image", help="the image to complete (PNG/JPEG/WebP)")
-    i.add_argument("--input", help="audio: the WAV/FLAC to complete")
+    i.add_argument("--input", help="audio: the WAV/FLAC to complete; video: the clip (MP4/AVI/WebM/GIF)")
+    i.add_argument("--known-frames", help="video: frames to keep, e.g. 0:4 (prediction) or 0,15 (interpolation)")
+    i.add_argument("--frames", type=int, help="video: clip length to complete (default: the training length)")
+    i.add_argument("--fps", type=float, help="video: frame rate of the written clip (default: the run's)")
     i.add_argument("--gap", help="audio: the stretch to fill, START:END in seconds (e.g. 1.20:1.45)")
     g = i.add_mutually_exclusive_group()
     g.add_argument("--mask", help="mask PNG: white = region to fill, black = keep")
     g.add_argument("--mask-kind", help="a generated mask: center, left, right, top, bottom, box, strokes")
-    i.add_argument("--method", choices=("repaint", "replace", "conditioned"), default="repaint")
+    i.add_argument("--method", choices=("repaint", "replace", "conditioned"),
+                   help="default: repaint for images, conditioned for a frame-conditioned video run, else replace")
     i.add_argument("--steps", type=int, help="sampling steps (default: the run's [inpaint] setting)")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")

@@ -214,6 +214,9 @@ class VideoDataset(torch.utils.data.Dataset):
         self._npy = None  # memory map of an npy layout, opened per process (never pickled to workers)
         self._npy_file, self._npy_index = None, []
 
+    # the Trainer then asks for (index, seed) items: a random start per (seed, step, position)
+    seeded_items = True
+
     def __getstate__(self):
         return {**self.__dict__, "_npy": None}
 

@@ -76,7 +76,7 @@ def inpaint(method: str, sections: dict, model, known: torch.Tensor, mask: torch
                           f"{'mask-conditioned' if is_conditioned(sections) else 'unconditional'}")
     den = image.denoiser(sections, model, device, bf16)
     noise = torch.randn(known.shape, generator=generator)
-    mask = mask.expand(known.shape[0], 1, *known.shape[-2:]).to(known.dtype)
+    mask = mask.expand(known.shape[0], 1, *known.shape[2:]).to(known.dtype)  # images [.., H, W], clips [.., T, H, W]
     kw = dict(mask=mask, known=known, generator=generator, clip_x0=1.0)
     if method == "repaint":
         x = sample(den, noise, cfg.repaint_sampler, steps=cfg.repaint_steps, repaint=(cfg.jump_length,

@@ -77,7 +77,8 @@ def batch_loss(net, cfg: DiffusionConfig, sched: Schedule, x0: torch.Tensor, ran
     same for any number of processes)."""
     t = rand.randint(sched.T).to(torch.float64).cpu()
     noise = rand.randn(*x0.shape[1:]).to(x0.device, x0.dtype)
-    if x0.ndim == 4 and x0.is_contiguous(memory_format=torch.channels_last):
-        noise = noise.contiguous(memory_format=torch.channels_last)
+    for ndim, fmt in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+        if x0.ndim == ndim and x0.is_contiguous(memory_format=fmt):
+            noise = noise.contiguous(memory_format=fmt)  # x_t keeps the fast layout
     return diffusion_loss(net, sched, x0, cfg.prediction, cfg.weighting, min_snr_gamma=cfg.min_snr_gamma,
                           loss_type=cfg.loss_type, mask=mask, t=t, noise=noise, cond=cond)

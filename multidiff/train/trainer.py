@@ -157,11 +157,18 @@ class Trainer:
         start = micro * self.micro_global + self.dist.rank * self.micro_local
         return slice(start, start + self.micro_local)
 
-    def _indices(self, step: int, micro: int) -> list[int]:
-        """Dataset indices for (step, micro-batch) on this process (drop-last epochs)."""
+    def _indices(self, step: int, micro: int) -> list:
+        """Dataset indices for (step, micro-batch) on this process (drop-last epochs). A dataset with
+        `seeded_items = True` (random video clip starts) gets (index, seed) pairs instead, the seed a
+        function of (seed, step, position in the global batch): the same draw after a resume and for
+        any number of processes."""
         epoch, b = divmod(step, self.batches_per_epoch)
         perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(_seed(self.cfg.seed, epoch)))
-        return perm[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size][self._part(micro)].tolist()
+        part = self._part(micro)
+        idx = perm[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size][part].tolist()
+        if getattr(self.dataset, "seeded_items", False):
+            return [(i, _seed(self.cfg.seed, step, part.start + k, 2)) for k, i in enumerate(idx)]
+        return idx
 
     def _loader(self, start_step: int):
         cfg = self.cfg

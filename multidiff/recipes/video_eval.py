@@ -1,0 +1,127 @@
+"""Video recipe evaluation: per-frame quality and temporal consistency for each (sampler, steps)
+row of [eval] table, next to the same numbers for real held-out clips.
+
+Digit videos (Moving-digits with one labelled digit per clip): a digit classifier trained on frames
+of the real train clips (at the clips' own size, so it reads a digit anywhere on the canvas) gives
+per-frame Frechet distance, confidence and class coverage, the share of frames showing the class the
+clip was asked for, and the identity agreement across a clip's frames. Every video: centroid motion
+(speed, jerk; multidiff.metrics.video). FVD when eval.i3d_weights names local I3D weights.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..data.video import build_video_dataset
+from ..metrics import digit_metrics, load_classifier, save_classifier, train_digit_classifier
+from ..metrics.video import I3DFeatures, fvd, frames_of, identity_agreement, motion
+from ..train.precision import resolve_precision
+from ..utils import write_json, write_text
+from .image_eval import nfe, parse_row
+from .run import Run
+from .video import generate, load_trained, save_clips, save_frame_grid
+
+
+def is_digit_video(run: Run) -> bool:
+    return run["prep"].build == "moving_digits" and run["prep"].digits == "1"
+
+
+def real_clips(ds, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n items' fixed clips (ds[i] draws nothing) and their labels."""
+    n = len(ds) if n is None else min(n, len(ds))
+    items = [ds[i] for i in range(n)]
+    return torch.stack([c for c, _ in items]), torch.tensor([y for _, y in items])
+
+
+def frame_classifier(run: Run, train_clips: torch.Tensor, train_labels: torch.Tensor):
+    """A digit classifier on frames of the real train clips; trained once, cached in the run."""
+    path = run.dir / "eval" / "frame_classifier.safetensors"
+    if path.exists():
+        return load_classifier(path)
+    T, k = train_clips.shape[2], run["eval"].classifier_frames
+    pick = torch.linspace(0, T - 1, min(k, T)).round().long().unique()
+    frames = frames_of(train_clips[:, :, pick])
+    clf = train_digit_classifier(frames, train_labels.repeat_interleave(len(pick)), size=run["data"].size,
+                                 epochs=run["eval"].classifier_epochs, seed=0)
+    save_classifier(clf, path)
+    return clf
+
+
+class _Scorer:
+    def __init__(self, run: Run):
+        ev = run["eval"]
+        self.digits = is_digit_video(run)
+        test_clips, self.test_labels = real_clips(build_video_dataset(run["data"], "test"), ev.n)
+        self.header = {"real_clips": len(test_clips)}
+        if self.digits:
+            train_clips, train_labels = real_clips(build_video_dataset(run["data"], "train"))
+            self.clf = frame_classifier(run, train_clips, train_labels)
+            self.ref = frames_of(train_clips[:, :, ::max(1, train_clips.shape[2] // ev.classifier_frames)])
+            with torch.no_grad():
+                acc = (self.clf(frames_of(test_clips)).argmax(1)
+                       == self.test_labels.repeat_interleave(test_clips.shape[2])).double().mean()
+            self.header.update(feature_extractor="digit classifier trained on real train-clip frames",
+                               classifier_test_frame_accuracy=float(acc))
+        self.i3d = I3DFeatures(ev.i3d_weights) if ev.i3d_weights else None
+        self.real_clips = test_clips
+        self.header["real_test"] = self(test_clips, self.test_labels)
+
+    def __call__(self, clips: torch.Tensor, labels: torch.Tensor | None) -> dict:
+        out = motion(clips)
+        N, T = clips.shape[0], clips.shape[2]
+        if self.digits:
+            frames = frames_of(clips)
+            out.update({k: v for k, v in digit_metrics(self.clf, frames, self.ref).items() if k != "class_counts"})
+            with torch.no_grad():
+                pred = self.clf(frames).argmax(1).view(N, T)
+            out["identity_agreement"] = float(identity_agreement(pred).mean())
+            if labels is not None:
+                out["label_accuracy"] = float((pred == labels[:, None]).double().mean())
+        if self.i3d is not None:
+            out["fvd"] = fvd(self.i3d, self.real_clips, clips)
+        return out
+
+
+def evaluate(run: Run, dist) -> dict:
+    ev = run["eval"]
+    model, ckpt = load_trained(run.dir, run.sections)
+    bf16 = resolve_precision(run["train"].precision, dist.device)
+    score = _Scorer(run)
+    K = run["model"].num_classes
+    labels = torch.arange(ev.n) % K if K else None
+    rows = []
+    for entry in ev.table:
+        sampler, steps = parse_row(entry)
+        t0 = time.perf_counter()
+        x = generate(run.sections, model, run["sample"], ev.n, dist.device, bf16, seed=ev.seed, batch=ev.batch,
+                     labels=labels, sampler_kw={"sampler": sampler, "steps": steps,
+                                                "spacing": "leading" if sampler in ("ddpm", "ddim") else "karras"})
+        secs = (time.perf_counter() - t0) / ev.n
+        save_frame_grid(x[:20], run.dir / "samples" / f"eval_{sampler}_{steps}.png")
+        rows.append({"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), "seconds_per_clip": secs,
+                     **score(x, labels)})
+        run.log(f"[evaluate] {entry}: " + ", ".join(f"{k}={v:.4g}" for k, v in rows[-1].items()
+                                                     if isinstance(v, float)))
+    save_clips(x[:20], run.dir / "samples" / "eval_last_row", run["sample"].fps, nrow=10 if K == 10 else None)
+    result = {**score.header, "checkpoint": str(ckpt), "n": ev.n, "frames": x.shape[2],
+              "precision": "bf16" if bf16 else "fp32", "rows": rows}
+    write_json(run.dir / "eval.json", result)
+    write_text(run.dir / "eval.md", markdown(result))
+    return {"eval": str(run.dir / "eval.json")}
+
+
+COLUMNS = ("fd", "confidence", "coverage", "label_accuracy", "identity_agreement", "speed", "jerk", "fvd")
+
+
+def markdown(result: dict) -> str:
+    rows, real = result["rows"], result["real_test"]
+    keys = [k for k in COLUMNS if rows and k in rows[0]]
+    lines = ["| sampler | steps | NFE | " + " | ".join(keys) + " | s/clip |",
+             "|---|---|---|" + "---|" * len(keys) + "---|"]
+    for r in rows:
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | "
+                     + " | ".join(f"{r[k]:.3f}" for k in keys) + f" | {r['seconds_per_clip']:.3f} |")
+    lines.append("| real test clips | - | - | " + " | ".join(f"{real[k]:.3f}" if k in real else "-" for k in keys)
+                 + " | - |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,157 @@
+"""Video recipes end to end through the real CLI: Moving-digits built by the recipe, tiny 3-D U-Nets,
+generation (MP4 + GIF), prediction / interpolation with a frame-conditioned model and with
+replacement sampling, and the errors a user meets."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from multidiff.cli import main
+from multidiff.data.video import read_video
+from multidiff.recipes import registry
+from multidiff.recipes.run import load_recipe
+from multidiff.train.config import to_toml
+
+ROOT = Path(__file__).parent.parent
+
+
+def tiny(tmp: Path) -> list[str]:
+    """A recipe small enough for a test: 16 px clips of 4 frames, a 2-level 16-channel U-Net."""
+    return [f"data.root={tmp / 'clips'}", f"data.cache_dir={tmp / 'cache'}", "prep.n=20", "prep.n_test=10",
+            "prep.frames=6", "prep.digit_size=8", "data.frames=4", "data.size=16", "model.image_size=16",
+            "model.frames=4", "model.base_channels=16", "model.norm_groups=8", "model.channel_mult=[1, 2]",
+            "model.attention_resolutions=[8]", "train.steps=3", "train.batch_size=4", "train.checkpoint_every=3",
+            "train.warmup_steps=1", "train.log_every=1", "train.sample_every=0", "sample.n=4", "sample.steps=2",
+            "eval.classifier_epochs=1"]
+
+
+def cli(*args):
+    assert main([str(a) for a in args]) == 0
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("video")
+    cli("train", ROOT / "recipes/video_moving_digits", "--out", tmp / "run", *tiny(tmp), "eval.n=10",
+        "eval.batch=10", 'eval.table=["dpmpp_2m:2"]')
+    return tmp
+
+
+def test_video_recipe_builds_its_data_and_runs_every_stage(video_run, capsys):
+    run = video_run / "run"
+    assert len(list((video_run / "clips/train").rglob("*.mp4"))) == 20       # built by the prepare stage
+    for f in ("eval.json", "eval.md", "loss.png", "samples/final/grid.mp4", "samples/final/grid.gif",
+              "samples/final/frames.png", "samples/final/clip_0003.mp4", "eval/frame_classifier.safetensors"):
+        assert (run / f).is_file(), f
+    assert read_video(run / "samples/final/clip_0000.mp4", None, 1).shape == (1, 4, 16, 16)
+    ev = json.loads((run / "eval.json").read_text())
+    row = ev["rows"][0]
+    for key in ("fd", "confidence", "coverage", "identity_agreement", "label_accuracy", "speed", "jerk"):
+        assert key in row and key in ev["real_test"], key
+    assert 0 <= row["identity_agreement"] <= 1 and row["seconds_per_clip"] > 0
+    # the real clips glide: a measurable speed; re-running skips all four stages
+    assert ev["real_test"]["speed"] > 0.2
+    capsys.readouterr()
+    cli("train", ROOT / "recipes/video_moving_digits", "--out", run, *tiny(video_run), "eval.n=10", "eval.batch=10",
+        'eval.table=["dpmpp_2m:2"]')
+    assert capsys.readouterr().out.count("done already") == 4
+
+
+def test_sample_cli_writes_longer_clips_than_trained(video_run, tmp_path):
+    out = tmp_path / "clips/"
+    cli("sample", video_run / "run", "--n", 2, "--frames", 6, "--steps", 2, "--class", 3, "--out", str(out) + "/")
+    for name in ("clip_0000.mp4", "clip_0001.gif", "grid.mp4", "grid.gif", "frames.png"):
+        assert (out / name).is_file(), name
+    assert read_video(out / "clip_0001.gif", None, 1).shape[1] == 6
+
+
+def test_inpaint_cli_keeps_the_known_frames(video_run, tmp_path):
+    src = sorted((video_run / "clips/test").rglob("*.mp4"))[0]
+    out = tmp_path / "pred.gif"  # GIF: lossless for grayscale, so kept frames compare exactly
+    cli("inpaint", video_run / "run", "--input", src, "--known-frames", "0:2", "--steps", 3, "--out", out)
+    got, inp = read_video(out, 16, 1), read_video(src, 16, 1, max_frames=4)
+    assert got.shape == (1, 4, 16, 16)
+    assert torch.allclose(got[:, :2], inp[:, :2], atol=1.01 / 127.5)
+
+
+def test_prediction_recipe_trains_its_plain_model_first_and_compares_methods(video_run, tmp_path):
+    # the plain model comes from its recipe file (here: the tiny version written out), trained by this recipe
+    plain = tmp_path / "plain.toml"
+    _, sections = load_recipe(ROOT / "recipes/video_moving_digits", tiny(video_run), registry.schemas())
+    plain.write_text(to_toml(sections))
+    run, plain_run = tmp_path / "pred", tmp_path / "plain_run"
+    over = tiny(video_run) + [f"predict.unconditional_run={plain_run}", f"predict.unconditional_recipe={plain}",
+                              "predict.eval_n=4", "predict.batch=4", "predict.replace_steps=2",
+                              "predict.repaint_steps=2", "predict.conditioned_steps=2", "predict.jump_length=1",
+                              "predict.jump_n_sample=2", 'predict.tasks=["prefix:2", "ends", "0,2"]']
+    cli("train", ROOT / "recipes/video_prediction_moving_digits", "--out", run, *over)
+    assert (plain_run / "stages/train.json").is_file() and not (plain_run / "stages/evaluate.json").exists()
+    ev = json.loads((run / "eval.json").read_text())
+    assert [(r["task"], r["method"]) for r in ev["rows"]] == [
+        (t, m) for t in ("prefix:2", "ends", "0,2") for m in ("conditioned", "replace", "repaint")]
+    assert all(r["psnr"] > 0 and -1 <= r["ssim"] <= 1 and 0 <= r["label_accuracy"] <= 1 for r in ev["rows"])
+    assert (run / "samples/prediction.png").is_file() and (run / "samples/prediction.gif").is_file()
+    # the CLI finds the plain model of a prediction run for replacement sampling
+    src = sorted((video_run / "clips/test").rglob("*.mp4"))[0]
+    cli("inpaint", run, "--input", src, "--known-frames", "0,3", "--method", "replace", "--steps", 2,
+        "--out", tmp_path / "interp.mp4")
+    cli("inpaint", run, "--input", src, "--known-frames", "0:2", "--steps", 2, "--out", tmp_path / "pred.png")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["inpaint", "{run}", "--input", "{clip}", "--known-frames", "0,9", "--out", "{tmp}/x.mp4"], "outside the clip"),
+    (["inpaint", "{run}", "--input", "{clip}", "--known-frames", "0:4", "--out", "{tmp}/x.mp4"], "nothing is left"),
+    (["inpaint", "{run}", "--input", "{clip}", "--known-frames", "0", "--method", "conditioned", "--out",
+      "{tmp}/x.mp4"], "frame-conditioned run"),
+    (["inpaint", "{run}", "--input", "{tmp}/missing.mp4", "--known-frames", "0", "--out", "{tmp}/x.mp4"],
+     "not found"),
+    (["inpaint", "{run}", "--known-frames", "0", "--out", "{tmp}/x.mp4"], "--input"),
+    (["sample", "{run}", "--class", "12", "--out", "{tmp}/x.mp4"], "--class"),
+])
+def test_cli_errors_are_one_clear_line(video_run, tmp_path, capsys, args, message):
+    clip = sorted((video_run / "clips/test").rglob("*.mp4"))[0]
+    fill = {"run": video_run / "run", "clip": clip, "tmp": tmp_path}
+    assert main([a.format(**fill) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.extra_in_channels=2"], "extra_in_channels"),
+    (['video.known_patterns=["prefix"]'], "extra_in_channels"),
+    (['video.known_patterns=["sideways"]'], "sideways"),
+    (["model.image_size=32"], "model.image_size"),
+    (["video.image_frames=2", 'video.known_patterns=["prefix"]', "model.extra_in_channels=2"], "cannot be combined"),
+    (["prep.build=", "data.root={tmp}/nothing"], "does not exist"),
+])
+def test_recipe_config_errors(tmp_path, capsys, overrides, message):
+    over = tiny(tmp_path) + [o.format(tmp=tmp_path) for o in overrides]
+    assert main(["train", str(ROOT / "recipes/video_moving_digits"), "--out", str(tmp_path / "run"), *over]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_prediction_recipe_needs_a_frame_conditioned_model(tmp_path, capsys):
+    over = tiny(tmp_path) + ["video.known_patterns=[]", "model.extra_in_channels=0"]
+    assert main(["train", str(ROOT / "recipes/video_prediction_moving_digits"), "--out", str(tmp_path / "r"),
+                 *over]) == 2
+    assert "frame-conditioned" in capsys.readouterr().err
+
+
+def test_joint_image_video_training_appends_independent_frames(tmp_path):
+    from multidiff.recipes.video import VideoTask, build_model
+    from multidiff.train.trainer import BatchRandom
+
+    _, sections = load_recipe(ROOT / "recipes/video_moving_digits", tiny(tmp_path) + ["video.image_frames=3"],
+                              registry.schemas())
+    task = VideoTask(sections, torch.device("cpu"), bf16=False)
+    x0 = torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 1, 4, 16, 16) / 4    # clip b is constant b / 4
+    x, mask = task._append_images(x0, BatchRandom(0, 0, 4, slice(0, 4), "cpu"), 3)
+    assert x.shape == (4, 1, 7, 16, 16) and mask.tolist() == [[False] * 4 + [True] * 3] * 4
+    # class-conditional: a clip's extra frames are its own (its label describes them)
+    assert torch.equal(x[:, :, 4:], x0[:, :, :3])
+    net = build_model(sections)
+    loss = task.loss(net, (torch.rand(4, 1, 4, 16, 16) * 2 - 1, torch.arange(4)),
+                     BatchRandom(0, 0, 4, slice(0, 4), "cpu"))
+    loss.backward()
+    assert torch.isfinite(loss) and net.out_conv.weight.grad.abs().sum() > 0  # (zero-initialised output)
