@@ -155,3 +155,24 @@ def test_joint_image_video_training_appends_independent_frames(tmp_path):
                      BatchRandom(0, 0, 4, slice(0, 4), "cpu"))
     loss.backward()
     assert torch.isfinite(loss) and net.out_conv.weight.grad.abs().sum() > 0  # (zero-initialised output)
+
+
+def test_ucf101_recipe_smoke_on_the_real_layout(tmp_path):
+    """The paper-sized config, shrunk by overrides, on UCF-101's real folder and list layout in miniature:
+    prepare validates it and writes the split lists, then a class-conditional model with joint
+    image-video frames trains and is evaluated (motion metrics; no digit classifier for real video)."""
+    from test_video_data import UCF_CLASSES, make_fake_ucf101
+
+    make_fake_ucf101(tmp_path / "ucf")
+    run = tmp_path / "run"
+    cli("train", ROOT / "recipes/ucf101", "--out", run, f"data.root={tmp_path / 'ucf'}",
+        f"data.cache_dir={tmp_path / 'cache'}", "data.frames=4", "data.size=16", "model.image_size=16",
+        "model.frames=4", "model.base_channels=16", "model.norm_groups=8", "model.channel_mult=[1, 2]",
+        "model.attention_resolutions=[8]", "model.num_heads=4", f"model.num_classes={len(UCF_CLASSES)}",
+        "video.image_frames=2", "train.steps=2", "train.batch_size=4", "train.checkpoint_every=2",
+        "train.num_workers=0", "train.sample_every=0", "sample.n=2", "sample.steps=2", "eval.n=3", "eval.batch=3",
+        'eval.table=["ddim:2"]')
+    assert (tmp_path / "ucf/splits/train1.txt").is_file()
+    ev = json.loads((run / "eval.json").read_text())
+    assert set(ev["rows"][0]) >= {"speed", "jerk", "seconds_per_clip"} and "fd" not in ev["rows"][0]
+    assert read_video(run / "samples/final/clip_0001.mp4", None, 3).shape == (3, 4, 16, 16)

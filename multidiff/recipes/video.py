@@ -233,10 +233,18 @@ def prepare(run: Run) -> dict:
         except PrepError as e:
             raise ConfigError(str(e)) from None
         run.log(f"[prepare] moving digits: {made['written']} clips written to {root}")
+    elif d.layout == "ucf101" and not (root / "splits" / "classes.txt").is_file():
+        from data_prep.ucf101 import PrepError, prepare as check_ucf101
+
+        try:  # validates the download (saying where to get it when it is missing) and writes the split lists
+            report = check_ucf101(root, progress=run.main)
+        except PrepError as e:
+            raise ConfigError(str(e)) from None
+        run.log(f"[prepare] UCF-101: {report['present']} videos of {report['classes']} classes, "
+                f"{len(report['corrupt'])} corrupt left out; split lists in {root / 'splits'}")
     elif not root.exists():
-        raise ConfigError(f"data.root '{root}' does not exist: point data.root to your videos"
-                          + (" (UCF-101: see data_prep/ucf101.py)" if d.layout == "ucf101" else
-                             ", or set prep.build = \"moving_digits\" to build Moving-digits clips there"))
+        raise ConfigError(f"data.root '{root}' does not exist: point data.root to your videos, or set "
+                          "prep.build = \"moving_digits\" to build Moving-digits clips there")
     train, test = build_video_dataset(d, "train"), build_video_dataset(d, "test")
     return {"train_clips": len(train), "test_clips": len(test), "classes": train.num_classes,
             "skipped": [f"{p}: {r}" for p, r in train.skipped + test.skipped]}
