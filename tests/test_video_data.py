@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from multidiff.data import video
+from multidiff.data import video, video_read
 from multidiff.data.image import pil_to_tensor
 from multidiff.data.video import (VideoData, VideoDataError, build_video_dataset, read_video, save_video_grid,
                                   write_gif, write_video)
@@ -198,7 +198,7 @@ def test_display_rotation_is_applied():
             a[0, :] = 255  # top row white
             return a
 
-    im = np.asarray(video._frame_image(Frame()))
+    im = np.asarray(video_read._frame_image(Frame()))
     assert im.shape == (4, 2, 3) and (im[:, 0] == 255).all() and (im[:, 1] == 0).all()  # top -> left
 
 
