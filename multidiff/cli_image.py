@@ -8,7 +8,7 @@ import torch
 
 from .data.image import load_image, save_image_grid
 from .data.masks import MASK_KINDS, load_mask, make_mask
-from .recipes import image, registry
+from .recipes import image, latent, registry
 from .recipes.image_inpainting import inpaint, load_for_inpaint, sub_sections
 from .recipes.run import load_run
 from .train.distributed import DistInfo
@@ -22,6 +22,14 @@ def _device():
 def sample_command(args) -> int:
     sections = load_run(args.run_dir, registry.schemas())
     run_dir = Path(args.run_dir)
+    dev = _device()
+    bf16 = resolve_precision(args.precision, dev)
+    codec = None
+    if sections["recipe"].kind == "autoencoder":
+        raise ValueError(f"'{args.run_dir}' is an autoencoder run: sample from a latent run that uses it")
+    if sections["recipe"].kind == "latent":  # sample latents, decode them with the run's autoencoder
+        codec = latent.codec_of_run(run_dir, sections, dev, bf16)
+        sections = latent.latent_view(sections, codec)
     if sections["recipe"].kind == "image_inpainting":
         sections, run_dir = sub_sections(sections, False), run_dir / "unconditional"
     if sections["model"].extra_in_channels:
@@ -40,9 +48,8 @@ def sample_command(args) -> int:
         labels = torch.full((args.n,), args.label)
     if args.guidance is not None and K == 0 and args.guidance != 1.0:
         raise ValueError("--guidance needs a class-conditional model (classifier-free guidance)")
-    dev = _device()
-    x = image.generate(sections, model, cfg, args.n, dev, resolve_precision(args.precision, dev), labels=labels,
-                       guidance=args.guidance)
+    x = image.generate(sections, model, cfg, args.n, dev, bf16, labels=labels, guidance=args.guidance,
+                       decode=codec.decode if codec else None)
     out = Path(args.out)
     if args.out.endswith(("/", "\\")) or out.is_dir():
         for i, xi in enumerate(x):
@@ -68,8 +75,12 @@ def inpaint_command(args) -> int:
         cfg = dataclasses.replace(cfg, repaint_steps=args.steps, replace_steps=args.steps,
                                   conditioned_steps=args.steps)
     dev = _device()
-    x = inpaint(args.method, sections, model, known, mask, cfg, dev, resolve_precision(args.precision, dev),
-                torch.Generator().manual_seed(args.seed))
+    bf16, gen = resolve_precision(args.precision, dev), torch.Generator().manual_seed(args.seed)
+    if sections["recipe"].kind == "latent":  # fill in latent space, decode, keep the known pixels
+        codec = latent.codec_of_run(args.run_dir, sections, dev, bf16)
+        x = latent.inpaint(args.method, sections, model, known, mask, cfg, dev, bf16, gen, codec)
+    else:
+        x = inpaint(args.method, sections, model, known, mask, cfg, dev, bf16, gen)
     save_image_grid(x, args.out, padding=0)
     print(f"wrote {args.out} ({args.method}, {int((mask == 0).sum())} of {size * size} pixels filled)")
     return 0

@@ -52,18 +52,27 @@ def fingerprint(sections: dict) -> str:
 
 class ImageTask:
     """Loss and previews for image denoisers; with `mask_kinds`, trains a mask-conditioned model
-    (input: x_t + [mask, masked image]) on random masks drawn from those kinds."""
+    (input: x_t + [mask, masked image]) on random masks drawn from those kinds.
+
+    With `latent` (a LatentCodec) it trains in latent space: `sections` is then the latent view
+    (data.size/channels of the latents), batches hold cached posterior moments that are sampled
+    with the step's seeded draws, masks are drawn at pixel resolution and downsampled, and
+    previews are decoded to images."""
 
     channels_last = True
 
-    def __init__(self, sections: dict, device: torch.device, bf16: bool, mask_kinds: list[str] | None = None):
+    def __init__(self, sections: dict, device: torch.device, bf16: bool, mask_kinds: list[str] | None = None,
+                 latent=None):
         self.s, self.device, self.bf16 = sections, device, bf16
         self.sched = sections["diffusion"].build_schedule()
-        self.mask_kinds = mask_kinds
+        self.mask_kinds, self.latent = mask_kinds, latent
 
     def loss(self, net, batch, rand):
         x0, y = batch
         x0 = x0.to(self.device)
+        if self.latent is not None:
+            C, S = self.s["data"].channels, self.s["data"].size  # the latent view: latent channels and size
+            x0 = self.latent.from_moments(x0, rand.randn(C, S, S)).to(self.device)
         if self.s["data"].random_flip:
             flip = rand.rand() < 0.5
             x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
@@ -74,8 +83,11 @@ class ImageTask:
         if self.mask_kinds:
             from ..data.masks import random_masks
 
-            m = random_masks(rand.global_n, self.s["data"].size, self.mask_kinds, generator=rand.generator)
+            f = self.latent.factor if self.latent is not None else 1
+            m = random_masks(rand.global_n, self.s["data"].size * f, self.mask_kinds, generator=rand.generator)
             m = m[rand.part].to(self.device)
+            if self.latent is not None:
+                m = self.latent.downsample_mask(m)
             cond["concat"] = torch.cat([m, x0 * m], 1).contiguous(memory_format=torch.channels_last)
         return batch_loss(net, self.s["diffusion"], self.sched, x0, rand, cond)
 
@@ -83,7 +95,7 @@ class ImageTask:
         if self.mask_kinds:
             return  # a conditioned model needs images to fill; the recipe's evaluation shows those
         x = generate(self.s, model, self.s["sample"], n=min(self.s["sample"].n, 64), device=self.device,
-                     bf16=self.bf16, progress=False)
+                     bf16=self.bf16, progress=False, decode=self.latent.decode if self.latent else None)
         save_image_grid(x, path, nrow=_nrow(self.s, len(x)))
 
 
@@ -105,8 +117,9 @@ def denoiser(sections: dict, model, device, bf16) -> Denoiser:
 
 def generate(sections: dict, model, sample_cfg: SampleConfig, n: int, device, bf16: bool, seed: int | None = None,
              labels: torch.Tensor | None = None, guidance: float | None = None, batch: int = 256,
-             progress: bool = True, sampler_kw: dict | None = None) -> torch.Tensor:
-    """n samples in [-1, 1]. Class-conditional models get labels cycling 0..K-1 unless given."""
+             progress: bool = True, sampler_kw: dict | None = None, decode=None) -> torch.Tensor:
+    """n samples in [-1, 1]. Class-conditional models get labels cycling 0..K-1 unless given.
+    `decode` (latent models): maps each batch of generated latents to images."""
     den = denoiser(sections, model, device, bf16)
     C, S = sections["data"].channels, sections["data"].size
     K = sections["model"].num_classes
@@ -123,7 +136,8 @@ def generate(sections: dict, model, sample_cfg: SampleConfig, n: int, device, bf
             extra = {"cond": {"y": y}}
             if scale != 1.0:
                 extra.update(guidance_scale=scale, uncond={"y": torch.full_like(y, K)})
-        out.append(sample(den, noise, generator=g, **kw, **extra).clamp(-1, 1).cpu())
+        x = sample(den, noise, generator=g, **kw, **extra)
+        out.append((decode(x) if decode else x).clamp(-1, 1).cpu())
     return torch.cat(out)
 
 
@@ -142,26 +156,29 @@ def prepare(run: Run) -> dict:
 
 
 def train(run: Run, dist: DistInfo, resume: bool, run_dir: Path | None = None, mask_kinds=None,
-          model_overrides: dict | None = None) -> dict:
+          model_overrides: dict | None = None, dataset=None, latent=None) -> dict:
+    """`dataset` and `latent` (a LatentCodec): train on cached latents (recipes/latent.py)."""
     run_dir = run_dir or run.dir
     sections = run.sections
-    dataset = build_image_dataset(sections["data"], "train")
+    dataset = dataset if dataset is not None else build_image_dataset(sections["data"], "train")
     if sections["model"].num_classes and sections["model"].num_classes != dataset.num_classes:
         raise ConfigError(f"model.num_classes = {sections['model'].num_classes} but the data has "
                           f"{dataset.num_classes} classes; set model.num_classes = {dataset.num_classes} (or 0)")
     model = build_model(sections, **(model_overrides or {}))
     bf16 = resolve_precision(sections["train"].precision, dist.device)
-    task = ImageTask(sections, dist.device, bf16, mask_kinds)
+    task = ImageTask(sections, dist.device, bf16, mask_kinds, latent)
     fp = fingerprint(sections) + (f"+masks:{','.join(mask_kinds)}" if mask_kinds else "")
+    if latent is not None:
+        fp += f"+autoencoder:{latent.identity()['weights_sha256']}"
     trainer = Trainer(model, dataset, task, sections["train"], run_dir, dist=dist, fingerprint=fp)
     ckpt = trainer.fit(resume=resume)
     return {"checkpoint": str(ckpt), "precision": "bf16" if trainer.bf16 else "fp32"}
 
 
-def sample_stage(run: Run, dist: DistInfo) -> dict:
+def sample_stage(run: Run, dist: DistInfo, decode=None) -> dict:
     model, ckpt = load_trained(run.dir, run.sections)
     bf16 = resolve_precision(run["train"].precision, dist.device)
-    x = generate(run.sections, model, run["sample"], run["sample"].n, dist.device, bf16)
+    x = generate(run.sections, model, run["sample"], run["sample"].n, dist.device, bf16, decode=decode)
     path = save_image_grid(x, run.dir / "samples" / "final.png", nrow=_nrow(run.sections, len(x)))
     return {"grid": str(path), "checkpoint": str(ckpt)}
 

@@ -81,18 +81,21 @@ class _Scorer:
         return {}
 
 
-def evaluate(run: Run, dist) -> dict:
+def evaluate(run: Run, dist, gen_sections: dict | None = None, decode=None) -> dict:
+    """`gen_sections` + `decode`: a latent model (its latent view of the config, and the decoder);
+    samples are scored as images against run["data"] either way."""
     ev = run["eval"]
-    model, ckpt = load_trained(run.dir, run.sections)
+    gen_sections = gen_sections or run.sections
+    model, ckpt = load_trained(run.dir, gen_sections)
     bf16 = resolve_precision(run["train"].precision, dist.device)
     score = _Scorer(run)
     rows = []
     for entry in ev.table:
         sampler, steps = parse_row(entry)
         t0 = time.perf_counter()
-        x = generate(run.sections, model, run["sample"], ev.n, dist.device, bf16, seed=ev.seed, batch=ev.batch,
+        x = generate(gen_sections, model, run["sample"], ev.n, dist.device, bf16, seed=ev.seed, batch=ev.batch,
                      sampler_kw={"sampler": sampler, "steps": steps,
-                                 "spacing": "leading" if sampler in ("ddpm", "ddim") else "karras"})
+                                 "spacing": "leading" if sampler in ("ddpm", "ddim") else "karras"}, decode=decode)
         secs = (time.perf_counter() - t0) / ev.n
         save_image_grid(x[:100], run.dir / "samples" / f"eval_{sampler}_{steps}.png", nrow=10)
         rows.append({"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps),

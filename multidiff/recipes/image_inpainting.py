@@ -64,8 +64,9 @@ def is_conditioned(sections: dict) -> bool:
 
 
 def inpaint(method: str, sections: dict, model, known: torch.Tensor, mask: torch.Tensor, cfg: InpaintConfig,
-            device, bf16: bool, generator: torch.Generator) -> torch.Tensor:
-    """Fill mask == 0 of `known` [B, C, H, W] (mask [B or 1, 1, H, W], 1 = known) with `method`."""
+            device, bf16: bool, generator: torch.Generator, clip_x0: float | None = 1.0) -> torch.Tensor:
+    """Fill mask == 0 of `known` [B, C, H, W] (mask [B or 1, 1, H, W], 1 = known) with `method`.
+    clip_x0: the data's range (None for unbounded data such as latents)."""
     if method not in METHODS:
         raise ValueError(f"unknown inpainting method {method!r}; choose one of {METHODS}")
     C = sections["data"].channels
@@ -77,7 +78,7 @@ def inpaint(method: str, sections: dict, model, known: torch.Tensor, mask: torch
     den = image.denoiser(sections, model, device, bf16)
     noise = torch.randn(known.shape, generator=generator)
     mask = mask.expand(known.shape[0], 1, *known.shape[2:]).to(known.dtype)  # images [.., H, W], clips [.., T, H, W]
-    kw = dict(mask=mask, known=known, generator=generator, clip_x0=1.0)
+    kw = dict(mask=mask, known=known, generator=generator, clip_x0=clip_x0)
     if method == "repaint":
         x = sample(den, noise, cfg.repaint_sampler, steps=cfg.repaint_steps, repaint=(cfg.jump_length,
                                                                                     cfg.jump_n_sample), **kw)
@@ -88,7 +89,7 @@ def inpaint(method: str, sections: dict, model, known: torch.Tensor, mask: torch
         assert concat.shape[1] == C + 1
         x = sample(den, noise, cfg.conditioned_sampler, steps=cfg.conditioned_steps, spacing="karras",
                    cond={"concat": concat}, **kw)
-    return x.clamp(-1, 1)
+    return x.clamp(-clip_x0, clip_x0) if clip_x0 else x
 
 
 # ---- the pipeline -----------------------------------------------------------------------

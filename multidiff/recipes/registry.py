@@ -7,6 +7,8 @@ KINDS = {
     "image": "multidiff.recipes.image",
     "image_inpainting": "multidiff.recipes.image_inpainting",
     "audio": "multidiff.recipes.audio",
+    "autoencoder": "multidiff.recipes.autoencoder",
+    "latent": "multidiff.recipes.latent",
     "video": "multidiff.recipes.video",
     "video_prediction": "multidiff.recipes.video_prediction",
 }

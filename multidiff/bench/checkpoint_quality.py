@@ -1,0 +1,72 @@
+"""Sample quality vs training time: score every kept checkpoint of digit runs (pixel-space image runs
+and latent runs alike) with one saved digit classifier, for "training time to a given quality".
+
+    python -m multidiff.bench.checkpoint_quality runs/image_digits32 runs/latent_digits \
+        --classifier runs/image_digits32/eval/digit_classifier.safetensors --n 400
+
+Training time at a checkpoint is read from the run's metrics.jsonl (wall clock since the first
+step, previews and checkpoint writes included); samples use each run's [sample] guidance scale.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..data.image import build_image_dataset
+from ..metrics import digit_metrics, load_classifier
+from ..recipes import image, latent, registry
+from ..recipes.image_eval import stack
+from ..recipes.run import load_run
+from ..train import load_ema_weights
+from ..train.checkpoint import checkpoint_dirs
+from ..train.precision import resolve_precision
+
+
+def train_seconds(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    first = rows[0]
+    t0 = first["time"] - first["step"] / first["it_s"]  # the first logged window started at step 0
+    return {r["step"]: r["time"] - t0 for r in rows}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--classifier", required=True, help="a saved digit classifier (e.g. RUN/eval/digit_classifier.safetensors)")
+    ap.add_argument("--n", type=int, default=400)
+    ap.add_argument("--sampler", default="dpmpp_2m")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    clf = load_classifier(args.classifier)
+    dev = torch.device("cpu")
+    bf16 = resolve_precision("auto", dev)
+    print("| run | step | training s | FD | confidence | coverage | sampling s/image |")
+    print("|---|---|---|---|---|---|---|")
+    for run_dir in map(Path, args.runs):
+        sections = load_run(run_dir, registry.schemas())
+        decode = None
+        if sections["recipe"].kind == "latent":
+            codec = latent.codec_of_run(run_dir, sections, dev, bf16)
+            sections, decode = latent.latent_view(sections, codec), codec.decode
+        ref = stack(build_image_dataset(load_run(run_dir, registry.schemas())["data"], "train"))
+        secs = train_seconds(run_dir)
+        for ckpt in checkpoint_dirs(run_dir / "checkpoints"):
+            step = int(ckpt.name.split("_")[1])
+            model = load_ema_weights(ckpt, image.build_model(sections))
+            t = time.perf_counter()
+            x = image.generate(sections, model, sections["sample"], args.n, dev, bf16, seed=args.seed, batch=200,
+                               progress=False, decode=decode,
+                               sampler_kw={"sampler": args.sampler, "steps": args.steps, "spacing": "karras"})
+            per_image = (time.perf_counter() - t) / args.n
+            m = digit_metrics(clf, x, ref)
+            print(f"| {run_dir.name} | {step} | {secs.get(step, float('nan')):.0f} | {m['fd']:.2f} | "
+                  f"{m['confidence']:.3f} | {m['coverage']:.2f} | {per_image:.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
