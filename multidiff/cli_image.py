@@ -19,14 +19,18 @@ def _device():
     return DistInfo(device=torch.device("cuda" if torch.cuda.is_available() else "cpu")).device
 
 
+def _refuse_autoencoder(sections: dict, run_dir) -> None:
+    if sections["recipe"].kind == "autoencoder":
+        raise ValueError(f"'{run_dir}' is an autoencoder run: use a latent run that uses it (recipes/latent_*)")
+
+
 def sample_command(args) -> int:
     sections = load_run(args.run_dir, registry.schemas())
     run_dir = Path(args.run_dir)
     dev = _device()
     bf16 = resolve_precision(args.precision, dev)
     codec = None
-    if sections["recipe"].kind == "autoencoder":
-        raise ValueError(f"'{args.run_dir}' is an autoencoder run: sample from a latent run that uses it")
+    _refuse_autoencoder(sections, args.run_dir)
     if sections["recipe"].kind == "latent":  # sample latents, decode them with the run's autoencoder
         codec = latent.codec_of_run(run_dir, sections, dev, bf16)
         sections = latent.latent_view(sections, codec)
@@ -62,6 +66,7 @@ def sample_command(args) -> int:
 
 
 def inpaint_command(args) -> int:
+    _refuse_autoencoder(load_run(args.run_dir, registry.schemas()), args.run_dir)
     sections, model, cfg = load_for_inpaint(Path(args.run_dir), args.method, registry.schemas())
     size, C = sections["data"].size, sections["data"].channels
     known = load_image(args.image, size, C)[None]

@@ -117,6 +117,13 @@ def test_missing_autoencoder_says_the_command(tmp_path, capsys):
     assert f"multidiff train recipes/autoencoder_digits --out {tmp_path / 'nothing'}" in err
 
 
+def test_autoencoder_run_is_not_a_sampler(runs, tmp_path, capsys):
+    ae, _ = runs
+    assert "is an autoencoder run" in fails(capsys, "sample", ae, "--out", tmp_path / "x.png")
+    assert "is an autoencoder run" in fails(capsys, "inpaint", ae, "--image", ae / "samples/reconstructions.png",
+                                            "--mask-kind", "center", "--out", tmp_path / "x.png")
+
+
 def test_model_that_does_not_fit_the_latents(runs, tmp_path, capsys):
     ae, _ = runs
     err = fails(capsys, "train", ROOT / "recipes/latent_digits", "--out", tmp_path / "lat", f"latent.autoencoder={ae}",
