@@ -36,7 +36,8 @@ def train_seconds(run_dir: Path) -> dict[int, float]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+")
-    ap.add_argument("--classifier", required=True, help="a saved digit classifier (e.g. RUN/eval/digit_classifier.safetensors)")
+    ap.add_argument("--classifier", required=True,
+                    help="a saved digit classifier (e.g. RUN/eval/digit_classifier.safetensors)")
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--sampler", default="dpmpp_2m")
     ap.add_argument("--steps", type=int, default=20)

@@ -115,7 +115,8 @@ class AutoencoderTask:
                 g_gan = torch.autograd.grad(g, last, retain_graph=True)[0]
                 w = w * (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0, 1e4).detach()
             total = total + w * g
-            self._pending.append((x.detach(), recon.detach().to(x.dtype).contiguous(memory_format=torch.channels_last)))
+            fake = recon.detach().to(x.dtype).contiguous(memory_format=torch.channels_last)
+            self._pending.append((x.detach(), fake))
             self._record(g_loss=g.detach(), g_weight=w)
         return total
 
@@ -153,7 +154,8 @@ class AutoencoderTask:
             return
         self.disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
         opt = {k[9:]: v for k, v in tensors.items() if k.startswith("disc_opt.")}
-        load_optimizer_tensors(self.disc_opt, opt, {"param_groups": json.dumps(self.disc_opt.state_dict()["param_groups"])})
+        groups = json.dumps(self.disc_opt.state_dict()["param_groups"])  # lr & co. come from the config
+        load_optimizer_tensors(self.disc_opt, opt, {"param_groups": groups})
 
     @torch.no_grad()
     def preview(self, model, path) -> None:
@@ -175,7 +177,8 @@ def load_model(run: Run) -> tuple[Autoencoder, object]:
 def check_fits(sections: dict) -> None:
     data, model = sections["data"], sections["model"]
     if model.in_channels != data.channels:
-        raise ValueError(f"model.in_channels = {model.in_channels} but data.channels = {data.channels}; make them equal")
+        raise ValueError(f"model.in_channels = {model.in_channels} but data.channels = {data.channels}; "
+                         "make them equal")
     f = model.factor
     if data.size % f:
         raise ValueError(f"data.size = {data.size} is not divisible by the autoencoder's factor {f} "
@@ -222,7 +225,8 @@ def evaluate(run: Run, dist) -> dict:
     codec = load_autoencoder(run.dir, dist.device, resolve_precision(run["train"].precision, dist.device))
     x = _images(build_image_dataset(run["data"], "test"), run["eval"].n)
     r = codec.reconstruct(x, batch=run["eval"].batch)
-    result = {"n": len(x), "psnr": float(psnr(r, x).mean()), "ssim": float(ssim(r, x, window=run["eval"].ssim_window).mean()),
+    result = {"n": len(x), "psnr": float(psnr(r, x).mean()),
+              "ssim": float(ssim(r, x, window=run["eval"].ssim_window).mean()),
               "latent_shape": list(codec.latent_shape(run["data"].size)), "scale": codec.scale,
               "compression": x[0].numel() / (codec.latent_channels * (run["data"].size // codec.factor) ** 2)}
     grid = save_image_grid(torch.cat([x[:16], r[:16]]), run.dir / "samples" / "reconstructions.png", nrow=16)
