@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from .cli_common import sample_settings
 from .data.image import load_image, save_image_grid
 from .data.masks import MASK_KINDS, load_mask, make_mask
 from .recipes import image, latent, registry
@@ -39,19 +40,7 @@ def sample_command(args) -> int:
     if sections["model"].extra_in_channels:
         raise ValueError(f"'{args.run_dir}' holds a mask-conditioned model: use `multidiff inpaint` with it")
     model, ckpt = image.load_trained(run_dir, sections)
-    over = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("spacing", args.spacing),
-                              ("eta", args.eta)) if v is not None}
-    cfg = dataclasses.replace(sections["sample"], **over, seed=args.seed)
-    K = sections["model"].num_classes
-    labels = None
-    if args.label is not None:
-        if K == 0:
-            raise ValueError(f"--class needs a class-conditional model; '{args.run_dir}' has model.num_classes = 0")
-        if not 0 <= args.label < K:
-            raise ValueError(f"--class must be in 0..{K - 1}")
-        labels = torch.full((args.n,), args.label)
-    if args.guidance is not None and K == 0 and args.guidance != 1.0:
-        raise ValueError("--guidance needs a class-conditional model (classifier-free guidance)")
+    cfg, labels = sample_settings(args, sections)
     x = image.generate(sections, model, cfg, args.n, dev, bf16, labels=labels, guidance=args.guidance,
                        decode=codec.decode if codec else None)
     out = Path(args.out)
@@ -60,7 +49,8 @@ def sample_command(args) -> int:
             save_image_grid(xi, out / f"sample_{i:04d}.png", padding=0)
         print(f"wrote {len(x)} PNGs to {out}/ (from {ckpt})")
     else:
-        save_image_grid(x, out, nrow=10 if K == 10 and labels is None and args.n % 10 == 0 else None)
+        ten = sections["model"].num_classes == 10 and labels is None and args.n % 10 == 0
+        save_image_grid(x, out, nrow=10 if ten else None)
         print(f"wrote {out} (from {ckpt})")
     return 0
 

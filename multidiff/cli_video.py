@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
+from .cli_common import sample_settings
 from .cli_image import _device
 from .data.frame_masks import frames_mask, parse_known_frames
 from .data.video import read_video, save_video_grid, write_video
 from .recipes import registry, video
-from .recipes.image_inpainting import inpaint
 from .recipes.run import load_run
 from .recipes.video_prediction import PredictConfig, plain_model
 from .train.config import ConfigError
@@ -28,24 +28,15 @@ def sample_command(args) -> int:
     if video.is_conditioned(sections):
         raise ConfigError(f"'{args.run_dir}' holds a frame-conditioned model: use `multidiff inpaint "
                           f"{args.run_dir} --input clip.mp4 --known-frames 0:4 --out pred.mp4` with it")
-    model, ckpt = video.load_trained(Path(args.run_dir), sections)
-    over = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("spacing", args.spacing),
-                              ("eta", args.eta)) if v is not None}
-    cfg = dataclasses.replace(sections["sample"], **over, seed=args.seed)
-    K = sections["model"].num_classes
-    labels = None
-    if args.label is not None:
-        if not 0 <= args.label < max(K, 1) or K == 0:
-            raise ConfigError(f"--class needs a class-conditional model and a label in 0..{K - 1}; "
-                              f"'{args.run_dir}' has model.num_classes = {K}")
-        labels = torch.full((args.n,), args.label)
-    if args.guidance not in (None, 1.0) and K == 0:
-        raise ConfigError("--guidance needs a class-conditional model (classifier-free guidance)")
+    dev = _device()
+    bf16 = resolve_precision(args.precision, dev)
+    codec = video.codec_of(sections, dev, bf16)
+    model, ckpt = video.load_trained(Path(args.run_dir), sections, codec)
+    cfg, labels = sample_settings(args, sections)
     if args.frames is not None and args.frames < 1:
         raise ConfigError(f"--frames must be >= 1, got {args.frames}")
-    dev = _device()
-    x = video.generate(sections, model, cfg, args.n, dev, resolve_precision(args.precision, dev), labels=labels,
-                       guidance=args.guidance, frames=args.frames)
+    x = video.generate(sections, model, cfg, args.n, dev, bf16, labels=labels, guidance=args.guidance,
+                       frames=args.frames, codec=codec)
     fps = args.fps or cfg.fps
     if _is_folder(args.out):
         video.save_clips(x, Path(args.out), fps, nrow=video.nrow_for(sections, args.n) if labels is None else None)
@@ -61,7 +52,8 @@ def sample_command(args) -> int:
 
 
 def _model_for(run_dir: Path, method: str):
-    """The sections, model and sampler settings `method` needs from a video or video_prediction run."""
+    """The sections, model, sampler settings and latent codec `method` needs from a video or
+    video_prediction run."""
     sections = load_run(run_dir, registry.schemas())
     cfg = sections.get("predict", PredictConfig())
     conditioned = video.is_conditioned(sections)
@@ -69,15 +61,17 @@ def _model_for(run_dir: Path, method: str):
         if not conditioned:
             raise ConfigError(f"--method conditioned needs a frame-conditioned run (a video_prediction recipe); "
                               f"'{run_dir}' holds a plain video model: use --method replace or repaint")
-        return sections, video.load_trained(run_dir, sections)[0], cfg
+        codec = video.codec_of(sections)
+        return sections, video.load_trained(run_dir, sections, codec)[0], cfg, codec
     if conditioned:
         if sections["recipe"].kind != "video_prediction":
             raise ConfigError(f"'{run_dir}' holds a frame-conditioned model: use --method conditioned")
         from .recipes.run import Run
 
-        sub, model = plain_model(Run(run_dir, sections, log=lambda *a: None), None, resume=False, train=False)
-        return sub, model, cfg
-    return sections, video.load_trained(run_dir, sections)[0], cfg
+        sub, model, codec = plain_model(Run(run_dir, sections, log=lambda *a: None), None, resume=False, train=False)
+        return sub, model, cfg, codec
+    codec = video.codec_of(sections)
+    return sections, video.load_trained(run_dir, sections, codec)[0], cfg, codec
 
 
 def inpaint_command(args) -> int:
@@ -87,7 +81,7 @@ def inpaint_command(args) -> int:
     if not args.known_frames:
         raise ConfigError("video completion needs --known-frames, e.g. 0:4 (predict the rest from the first 4) "
                           "or 0,15 (interpolate between the first and the 16th)")
-    sections, model, cfg = _model_for(run_dir, method)
+    sections, model, cfg, codec = _model_for(run_dir, method)
     d = sections["data"]
     T = args.frames or d.frames
     known_idx = parse_known_frames(args.known_frames, T)
@@ -100,8 +94,8 @@ def inpaint_command(args) -> int:
     if args.steps:
         cfg = dataclasses.replace(cfg, repaint_steps=args.steps, replace_steps=args.steps, conditioned_steps=args.steps)
     dev = _device()
-    x = inpaint(method, sections, model, known, frames_mask(known_idx, T), cfg, dev,
-                resolve_precision(args.precision, dev), torch.Generator().manual_seed(args.seed))
+    x = video.complete(method, sections, model, known, frames_mask(known_idx, T), cfg, dev,
+                       resolve_precision(args.precision, dev), torch.Generator().manual_seed(args.seed), codec)
     fps = args.fps or sections["sample"].fps
     if Path(args.out).suffix.lower() == ".png":
         video.save_frame_grid(x, Path(args.out))

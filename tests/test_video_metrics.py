@@ -117,3 +117,18 @@ def test_trainer_gives_seeded_items_independent_of_accumulation(tmp_path):
     assert len(set(seeds)) == len(seeds)                                   # a fresh draw per (step, position)
     other = Trainer(model, _SeededItems(), _Null(), TrainConfig(batch_size=4, steps=5, seed=1), tmp_path / "c")
     assert [s for _, s in other._indices(0, 0)] != [s for _, s in one._indices(0, 0)]
+
+
+def test_real_clips_spread_over_the_classes():
+    from multidiff.recipes.video_eval import real_clips
+
+    class Ds:  # 40 clips in class-folder order, 4 per class
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return torch.full((1, 2, 4, 4), float(i)), i // 4
+
+    clips, labels = real_clips(Ds(), 10)
+    assert sorted(set(labels.tolist())) == list(range(10)) and clips.shape == (10, 1, 2, 4, 4)
+    assert len(real_clips(Ds())[0]) == 40

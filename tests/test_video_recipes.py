@@ -176,3 +176,30 @@ def test_ucf101_recipe_smoke_on_the_real_layout(tmp_path):
     ev = json.loads((run / "eval.json").read_text())
     assert set(ev["rows"][0]) >= {"speed", "jerk", "seconds_per_clip"} and "fd" not in ev["rows"][0]
     assert read_video(run / "samples/final/clip_0001.mp4", None, 3).shape == (3, 4, 16, 16)
+
+
+def test_latent_video_recipe_runs_frame_by_frame_in_an_autoencoders_latents(video_run, tmp_path, capsys):
+    """[latent] autoencoder switches the video recipe to latent clips (16 px frames -> 4x4x4 latents):
+    training, sampling and frame completion decode back to pixels, and a changed autoencoder is refused."""
+    from multidiff.utils import read_json, write_json
+
+    ae, run = tmp_path / "ae", tmp_path / "run"
+    cli("train", ROOT / "recipes/autoencoder_digits", "--out", ae, "data.size=16", "model.base_channels=8",
+        "model.norm_groups=4", "loss.disc_start=2", "loss.disc_channels=8", "eval.n=20", "train.steps=2",
+        "train.batch_size=16", "train.checkpoint_every=2", "train.warmup_steps=1", "data.max_items=40")
+    over = tiny(video_run) + [f"latent.autoencoder={ae}", "model.in_channels=4", "model.image_size=4",
+                              "model.attention_resolutions=[2]", "eval.n=4", "eval.batch=4", 'eval.table=["ddim:2"]']
+    cli("train", ROOT / "recipes/video_moving_digits", "--out", run, *over)
+    assert read_video(run / "samples/final/clip_0000.mp4", None, 1).shape == (1, 4, 16, 16)
+    src = sorted((video_run / "clips/test").rglob("*.mp4"))[0]
+    cli("inpaint", run, "--input", src, "--known-frames", "0:2", "--steps", 2, "--out", tmp_path / "pred.gif")
+    assert read_video(tmp_path / "pred.gif", None, 1).shape == (1, 4, 16, 16)
+    # the U-Net must fit the latents, not the pixels
+    assert main(["train", str(ROOT / "recipes/video_moving_digits"), "--out", str(tmp_path / "bad"), *over,
+                 "model.in_channels=1"]) == 2
+    assert "latent_channels" in capsys.readouterr().err
+    # another latent scale = other latents: sampling the old model with it is refused
+    info = read_json(ae / "autoencoder.json")
+    write_json(ae / "autoencoder.json", {**info, "scale": info["scale"] * 2})
+    assert main(["sample", str(run), "--n", "1", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "not trained on the latents" in capsys.readouterr().err

@@ -117,11 +117,12 @@ def denoiser(sections: dict, model, device, bf16) -> Denoiser:
 
 def generate(sections: dict, model, sample_cfg: SampleConfig, n: int, device, bf16: bool, seed: int | None = None,
              labels: torch.Tensor | None = None, guidance: float | None = None, batch: int = 256,
-             progress: bool = True, sampler_kw: dict | None = None, decode=None) -> torch.Tensor:
+             progress: bool = True, sampler_kw: dict | None = None, decode=None, shape=None) -> torch.Tensor:
     """n samples in [-1, 1]. Class-conditional models get labels cycling 0..K-1 unless given.
-    `decode` (latent models): maps each batch of generated latents to images."""
+    `decode` (latent models): maps each batch of generated latents to images. `shape`: one sample's
+    shape when it is not an image [data.channels, data.size, data.size] (a video clip [C, T, H, W])."""
     den = denoiser(sections, model, device, bf16)
-    C, S = sections["data"].channels, sections["data"].size
+    shape = shape or (sections["data"].channels, sections["data"].size, sections["data"].size)
     K = sections["model"].num_classes
     scale = sample_cfg.guidance_scale if guidance is None else guidance
     g = torch.Generator().manual_seed(sample_cfg.seed if seed is None else seed)
@@ -129,7 +130,7 @@ def generate(sections: dict, model, sample_cfg: SampleConfig, n: int, device, bf
     out = []
     for start in tqdm(range(0, n, batch), desc="sample", disable=not progress, leave=False):
         b = min(batch, n - start)
-        noise = torch.randn(b, C, S, S, generator=g)
+        noise = torch.randn(b, *shape, generator=g)
         extra = {}
         if K > 0:
             y = labels[start:start + b] if labels is not None else torch.arange(start, start + b) % K

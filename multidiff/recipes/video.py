@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from ..core import Denoiser, sample
 from ..data.frame_masks import PATTERNS, random_frame_masks
 from ..data.image import save_image_grid
 from ..data.video import VideoData, build_video_dataset, save_video_grid, write_gif, write_video
@@ -24,8 +22,10 @@ from ..train import TrainConfig, Trainer, latest_checkpoint, load_ema_weights, t
 from ..train.config import ConfigError
 from ..train.diffusion import DiffusionConfig, SampleConfig, batch_loss
 from ..train.distributed import DistInfo
-from ..train.precision import InferenceModel, resolve_precision
+from ..train.precision import resolve_precision
+from . import image
 from .run import Run
+from .video_latent import VideoLatentConfig, codec_of, decode_clips, encode_clips, identity, latent_view
 
 
 @dataclass
@@ -79,14 +79,18 @@ class VideoEvalConfig:
 
 
 SCHEMA = {"data": VideoData, "model": UNet3DConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
-          "video": VideoTrainConfig, "sample": VideoSampleConfig, "prep": VideoPrepConfig, "eval": VideoEvalConfig}
+          "video": VideoTrainConfig, "sample": VideoSampleConfig, "prep": VideoPrepConfig, "eval": VideoEvalConfig,
+          "latent": VideoLatentConfig}
 
 
-def check_model_fits_data(sections: dict) -> None:
-    data, model, video = sections["data"], sections["model"], sections["video"]
-    for key, want, src in (("in_channels", data.channels, "data.channels"), ("image_size", data.size, "data.size")):
+def check_model_fits_data(sections: dict, codec=None) -> None:
+    """sections: the pixel config; with a latent codec, the U-Net must fit the latent clips."""
+    latent = latent_view(sections, codec)
+    data, model, video = latent["data"], sections["model"], sections["video"]
+    src = ("the autoencoder's latent_channels", "data.size / its factor") if codec else ("data.channels", "data.size")
+    for key, want, where in (("in_channels", data.channels, src[0]), ("image_size", data.size, src[1])):
         if getattr(model, key) != want:
-            raise ConfigError(f"model.{key} = {getattr(model, key)} but the data gives {want} ({src}); make them equal")
+            raise ConfigError(f"model.{key} = {getattr(model, key)} but the data gives {want} ({where}); make them equal")
     extra = data.channels + 1 if video.known_patterns else 0
     if model.extra_in_channels != extra:
         why = (f"video.known_patterns = {video.known_patterns} makes a frame-conditioned model (mask + known frames)"
@@ -99,9 +103,10 @@ def check_model_fits_data(sections: dict) -> None:
         raise ConfigError(f"frame-conditioned training needs data.frames >= 2, got {data.frames}")
 
 
-def fingerprint(sections: dict) -> str:
+def fingerprint(sections: dict, codec=None) -> str:
+    """What the weights depend on (a resumed or sampled run must agree): the config, and the autoencoder."""
     keep = {k: sections[k] for k in ("data", "model", "diffusion", "video")}
-    return hashlib.sha256(to_toml(keep).encode()).hexdigest()[:16]
+    return hashlib.sha256((to_toml(keep) + identity(codec)).encode()).hexdigest()[:16]
 
 
 def is_conditioned(sections: dict) -> bool:
@@ -113,13 +118,15 @@ class VideoTask:
 
     channels_last = True  # the trainer's channels_last means channels_last_3d for UNet3D
 
-    def __init__(self, sections: dict, device: torch.device, bf16: bool):
-        self.s, self.device, self.bf16 = sections, device, bf16
+    def __init__(self, sections: dict, device: torch.device, bf16: bool, codec=None):
+        self.s, self.device, self.bf16, self.codec = sections, device, bf16, codec  # pixel sections
         self.sched = sections["diffusion"].build_schedule()
 
     def loss(self, net, batch, rand):
         x0, y = batch
         x0 = x0.to(self.device)
+        if self.codec is not None:
+            x0 = encode_clips(self.codec, x0)
         B, C, T, H, W = x0.shape
         cond, video = {}, self.s["video"]
         if self.s["model"].num_classes > 0:
@@ -150,7 +157,7 @@ class VideoTask:
         if is_conditioned(self.s):
             return  # a frame-conditioned model needs frames to complete: the recipe's evaluation shows those
         n = min(self.s["sample"].n, 8)
-        x = generate(self.s, model, self.s["sample"], n, self.device, self.bf16, progress=False)
+        x = generate(self.s, model, self.s["sample"], n, self.device, self.bf16, progress=False, codec=self.codec)
         save_frame_grid(x, path)
 
 
@@ -158,42 +165,50 @@ def build_model(sections: dict) -> UNet3D:
     return UNet3D(sections["model"])
 
 
-def denoiser(sections: dict, model, device, bf16) -> Denoiser:
-    d = sections["diffusion"]
-    return Denoiser(InferenceModel(model, device, bf16), d.build_schedule(), d.prediction)
+def load_trained(run_dir: Path, sections: dict, codec=None) -> tuple[UNet3D, Path]:
+    """The EMA weights of a run; refuses weights trained on other latents than `codec` gives."""
+    from ..train.checkpoint import read_state
 
-
-def load_trained(run_dir: Path, sections: dict) -> tuple[UNet3D, Path]:
     ckpt = latest_checkpoint(Path(run_dir) / "checkpoints")
     if ckpt is None:
         raise ConfigError(f"'{run_dir}' has no checkpoint yet: train it first (multidiff train ...)")
+    if codec is not None and read_state(ckpt).get("fingerprint") != fingerprint(sections, codec):
+        raise ConfigError(f"'{ckpt}' was not trained on the latents of [latent] autoencoder = "
+                          f"'{sections['latent'].autoencoder}' as it is now (its weights or scale changed, or "
+                          "it is another run): point [latent] autoencoder at the run the model was trained with")
     return load_ema_weights(ckpt, build_model(sections)), ckpt
 
 
 def generate(sections: dict, model, sample_cfg: VideoSampleConfig, n: int, device, bf16: bool,
              seed: int | None = None, labels: torch.Tensor | None = None, guidance: float | None = None,
              frames: int | None = None, batch: int = 64, progress: bool = True,
-             sampler_kw: dict | None = None) -> torch.Tensor:
+             sampler_kw: dict | None = None, codec=None) -> torch.Tensor:
     """n clips [n, C, T, H, W] in [-1, 1]; T = frames, else sample.frames, else data.frames (a model
-    trained on T frames runs on longer clips: its temporal attention's position bias is clipped)."""
-    d, K = sections["data"], sections["model"].num_classes
-    T = frames or sample_cfg.frames or d.frames
-    scale = sample_cfg.guidance_scale if guidance is None else guidance
-    den = denoiser(sections, model, device, bf16)
-    g = torch.Generator().manual_seed(sample_cfg.seed if seed is None else seed)
-    kw = {**sample_cfg.kwargs(), **(sampler_kw or {})}
-    out = []
-    for start in tqdm(range(0, n, batch), desc="sample", disable=not progress, leave=False):
-        b = min(batch, n - start)
-        noise = torch.randn(b, d.channels, T, d.size, d.size, generator=g)
-        extra = {}
-        if K > 0:
-            y = labels[start:start + b] if labels is not None else torch.arange(start, start + b) % K
-            extra = {"cond": {"y": y}}
-            if scale != 1.0:
-                extra.update(guidance_scale=scale, uncond={"y": torch.full_like(y, K)})
-        out.append(sample(den, noise, generator=g, **kw, **extra).clamp(-1, 1).cpu())
-    return torch.cat(out)
+    trained on T frames runs on longer clips: its temporal attention's position bias is clipped).
+    With a latent codec, latent clips are sampled (unclipped) and decoded frame by frame. The image
+    recipe's sampling loop, with a clip's shape."""
+    d = latent_view(sections, codec)["data"]
+    T = frames or sample_cfg.frames or sections["data"].frames
+    kw = dict(sampler_kw or {})
+    if codec is not None:
+        kw["clip_x0"] = None  # latents are not bounded to [-1, 1]
+    return image.generate(sections, model, sample_cfg, n, device, bf16, seed=seed, labels=labels, guidance=guidance,
+                          batch=batch, progress=progress, sampler_kw=kw, shape=(d.channels, T, d.size, d.size),
+                          decode=(lambda z: decode_clips(codec, z)) if codec is not None else None)
+
+
+def complete(method: str, sections: dict, model, known: torch.Tensor, mask: torch.Tensor, cfg, device, bf16: bool,
+             generator: torch.Generator, codec=None) -> torch.Tensor:
+    """Fill the unknown frames (mask [B or 1, 1, T, 1, 1] == 0) of `known` [B, C, T, H, W] with `method`
+    (conditioned | replace | repaint: image inpainting's function; a frame mask is a mask like any
+    other). With a latent codec the known frames are encoded, completed as latents and decoded."""
+    from .image_inpainting import inpaint
+
+    if codec is None:
+        return inpaint(method, sections, model, known, mask, cfg, device, bf16, generator)
+    z = inpaint(method, latent_view(sections, codec), model, encode_clips(codec, known), mask, cfg, device, bf16,
+                generator, clip_x0=None)
+    return decode_clips(codec, z)
 
 
 def save_frame_grid(clips: torch.Tensor, path: Path) -> Path:
@@ -266,18 +281,21 @@ def train(run: Run, dist: DistInfo, resume: bool, run_dir: Path | None = None) -
         raise ConfigError(f"model.num_classes = {K} but the data has {dataset.num_classes} classes; "
                           f"set model.num_classes = {dataset.num_classes} (or 0)")
     bf16 = resolve_precision(sections["train"].precision, dist.device)
-    task = VideoTask(sections, dist.device, bf16)
+    codec = codec_of(sections, dist.device, bf16)
+    check_model_fits_data(sections, codec)
+    task = VideoTask(sections, dist.device, bf16, codec)
     trainer = Trainer(build_model(sections), dataset, task, sections["train"], run_dir or run.dir, dist=dist,
-                      fingerprint=fingerprint(sections))
+                      fingerprint=fingerprint(sections, codec))
     ckpt = trainer.fit(resume=resume)
     return {"checkpoint": str(ckpt), "precision": "bf16" if trainer.bf16 else "fp32"}
 
 
 def sample_stage(run: Run, dist: DistInfo) -> dict:
-    model, ckpt = load_trained(run.dir, run.sections)
     bf16 = resolve_precision(run["train"].precision, dist.device)
+    codec = codec_of(run.sections, dist.device, bf16)
+    model, ckpt = load_trained(run.dir, run.sections, codec)
     s = run["sample"]
-    x = generate(run.sections, model, s, s.n, dist.device, bf16)
+    x = generate(run.sections, model, s, s.n, dist.device, bf16, codec=codec)
     return {**save_clips(x, run.dir / "samples" / "final", s.fps, nrow_for(run.sections, len(x))),
             "checkpoint": str(ckpt)}
 
@@ -289,15 +307,16 @@ def run_recipe(run: Run, dist: DistInfo, resume: bool, stages=None) -> None:
     """All stages, or only `stages` (what another recipe needs of this one)."""
     from .video_eval import evaluate
 
-    check_model_fits_data(run.sections)
+    if not run["latent"].autoencoder:
+        check_model_fits_data(run.sections)  # (a latent run checks once its autoencoder is loaded)
     want = set(stages or ("prepare", "train", "sample", "evaluate"))
     if "prepare" in want:
         run.stage("prepare", ["data", "prep"], lambda: prepare(run))
     if "train" in want:
-        run.stage("train", ["data", "model", "diffusion", "video", "train"], lambda: train(run, dist, resume))
+        run.stage("train", ["data", "model", "diffusion", "video", "train", "latent"], lambda: train(run, dist, resume))
     if not dist.is_main or is_conditioned(run.sections):
         return  # a frame-conditioned model is sampled and scored by the prediction recipe
-    deps = ["data", "model", "diffusion", "video", "train"]
+    deps = ["data", "model", "diffusion", "video", "train", "latent"]
     if "sample" in want:
         run.stage("sample", deps + ["sample"], lambda: sample_stage(run, dist))
     if "evaluate" in want:

@@ -20,7 +20,7 @@ from ..train.precision import resolve_precision
 from ..utils import write_json, write_text
 from .image_eval import nfe, parse_row
 from .run import Run
-from .video import generate, load_trained, save_clips, save_frame_grid
+from .video import codec_of, generate, load_trained, save_clips, save_frame_grid
 
 
 def is_digit_video(run: Run) -> bool:
@@ -28,9 +28,10 @@ def is_digit_video(run: Run) -> bool:
 
 
 def real_clips(ds, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first n items' fixed clips (ds[i] draws nothing) and their labels."""
+    """n items' fixed clips (ds[i] draws nothing) and their labels, evenly spread over the dataset (the
+    items are in class-folder order: the first n would leave classes out)."""
     n = len(ds) if n is None else min(n, len(ds))
-    items = [ds[i] for i in range(n)]
+    items = [ds[int(i)] for i in torch.linspace(0, len(ds) - 1, n).round().long()] if n else []
     return torch.stack([c for c, _ in items]), torch.tensor([y for _, y in items])
 
 
@@ -85,8 +86,9 @@ class _Scorer:
 
 def evaluate(run: Run, dist) -> dict:
     ev = run["eval"]
-    model, ckpt = load_trained(run.dir, run.sections)
     bf16 = resolve_precision(run["train"].precision, dist.device)
+    codec = codec_of(run.sections, dist.device, bf16)
+    model, ckpt = load_trained(run.dir, run.sections, codec)
     score = _Scorer(run)
     K = run["model"].num_classes
     labels = torch.arange(ev.n) % K if K else None
@@ -95,8 +97,9 @@ def evaluate(run: Run, dist) -> dict:
         sampler, steps = parse_row(entry)
         t0 = time.perf_counter()
         x = generate(run.sections, model, run["sample"], ev.n, dist.device, bf16, seed=ev.seed, batch=ev.batch,
-                     labels=labels, sampler_kw={"sampler": sampler, "steps": steps,
-                                                "spacing": "leading" if sampler in ("ddpm", "ddim") else "karras"})
+                     labels=labels, codec=codec, sampler_kw={"sampler": sampler, "steps": steps,
+                                                             "spacing": "leading" if sampler in ("ddpm", "ddim")
+                                                             else "karras"})
         secs = (time.perf_counter() - t0) / ev.n
         save_frame_grid(x[:20], run.dir / "samples" / f"eval_{sampler}_{steps}.png")
         rows.append({"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), "seconds_per_clip": secs,

@@ -29,7 +29,6 @@ from ..train.config import ConfigError
 from ..train.precision import resolve_precision
 from ..utils import write_json, write_text
 from . import video
-from .image_inpainting import inpaint
 from .run import Run, load_recipe, load_run, save_resolved
 
 METHODS = ("conditioned", "replace", "repaint")
@@ -77,7 +76,8 @@ def task_mask(task: str, frames: int) -> torch.Tensor:
 
 
 def plain_model(run: Run, dist, resume: bool, train: bool = True):
-    """The unconditional run's sections and model, training it by its recipe first if needed (and `train`)."""
+    """The unconditional run's sections, model and latent codec (None in pixel space), training it by its
+    recipe first if needed (and `train`)."""
     p = run["predict"]
     run_dir = Path(p.unconditional_run)
     if latest_checkpoint(run_dir / "checkpoints") is None or not (run_dir / "stages" / "train.json").is_file():
@@ -102,7 +102,8 @@ def plain_model(run: Run, dist, resume: bool, train: bool = True):
     if sections["recipe"].kind != "video" or video.is_conditioned(sections) or diff:
         raise ConfigError(f"predict.unconditional_run '{run_dir}' does not fit this recipe: it must be a plain video "
                           "run on clips like this recipe's" + (f" (data.{', data.'.join(diff)} differ)" if diff else ""))
-    return sections, video.load_trained(run_dir, sections)[0]
+    codec = video.codec_of(sections, getattr(dist, "device", None), bf16=False)
+    return sections, video.load_trained(run_dir, sections, codec)[0], codec
 
 
 def evaluate(run: Run, dist) -> dict:
@@ -114,7 +115,8 @@ def evaluate(run: Run, dist) -> dict:
     clf = None
     if is_digit_video(run):
         clf = frame_classifier(run, *real_clips(build_video_dataset(run["data"], "train")))
-    models = {"conditioned": (run.sections, video.load_trained(run.dir, run.sections)[0])}
+    codec = video.codec_of(run.sections, dist.device, bf16)
+    models = {"conditioned": (run.sections, video.load_trained(run.dir, run.sections, codec)[0], codec)}
     if {"replace", "repaint"} & set(p.methods):
         models["plain"] = plain_model(run, dist, resume=False)
     rows, panels = [], []
@@ -123,10 +125,11 @@ def evaluate(run: Run, dist) -> dict:
         unknown = (m[0, 0, :, 0, 0] == 0)
         shown = [clips[:4], clips[:4] * m - (1 - m)]  # unknown frames drawn black
         for method in p.methods:
-            sections, model = models["conditioned" if method == "conditioned" else "plain"]
+            sections, model, codec = models["conditioned" if method == "conditioned" else "plain"]
             t0 = time.perf_counter()
-            x = torch.cat([inpaint(method, sections, model, clips[i:i + p.batch], m, p, dist.device, bf16,
-                                   torch.Generator().manual_seed(p.seed + i)) for i in range(0, len(clips), p.batch)])
+            x = torch.cat([video.complete(method, sections, model, clips[i:i + p.batch], m, p, dist.device, bf16,
+                                          torch.Generator().manual_seed(p.seed + i), codec)
+                           for i in range(0, len(clips), p.batch)])
             secs = (time.perf_counter() - t0) / len(x)
             gen, real = frames_of(x[:, :, unknown]), frames_of(clips[:, :, unknown])
             row = {"task": task, "method": method, "n": len(x), "seconds_per_clip": secs,
