@@ -120,10 +120,11 @@ def evaluate(run: Run, dist) -> dict:
     if {"replace", "repaint"} & set(p.methods):
         models["plain"] = plain_model(run, dist, resume=False)
     rows, panels = [], []
+    show = torch.linspace(0, len(clips) - 1, min(4, len(clips))).round().long()  # 4 clips of different digits
     for task in p.tasks:
         m = task_mask(task, T)
         unknown = (m[0, 0, :, 0, 0] == 0)
-        shown = [clips[:4], clips[:4] * m - (1 - m)]  # unknown frames drawn black
+        shown = [clips[show], clips[show] * m - (1 - m)]  # unknown frames drawn black
         for method in p.methods:
             sections, model, codec = models["conditioned" if method == "conditioned" else "plain"]
             t0 = time.perf_counter()
@@ -140,14 +141,14 @@ def evaluate(run: Run, dist) -> dict:
                     pred = clf(gen).argmax(1).view(len(x), -1)
                 row["label_accuracy"] = float((pred == labels[:, None]).double().mean())
             rows.append(row)
-            shown.append(x[:4])
+            shown.append(x[show])
             run.log(f"[evaluate] {task}/{method}: psnr {row['psnr']:.2f} ssim {row['ssim']:.3f}"
                     + (f" labels {row['label_accuracy']:.3f}" if clf is not None else ""))
         panels.append(torch.cat(shown))
     out = run.dir / "samples"
     panel = torch.cat(panels)
     video.save_frame_grid(panel, out / "prediction.png")
-    save_video_grid(panel, out / "prediction.gif", nrow=4, fps=run["sample"].fps)
+    save_video_grid(panel, out / "prediction.gif", nrow=len(show), fps=run["sample"].fps)
     result = {"rows": rows, "clips": len(clips), "frames": T, "precision": "bf16" if bf16 else "fp32",
               "real_jerk": motion(clips)["jerk"] if T >= 3 else None,
               "layout": "per task: 4 real clips, the known frames (unknown ones black), then 4 per method "
