@@ -52,7 +52,7 @@ class _Block(nn.Module):
 class UNet2D(nn.Module):
     def __init__(self, cfg: UNet2DConfig):
         super().__init__()
-        self.cfg = cfg = _check(cfg)
+        self.cfg = cfg = check_unet_config(cfg)
         ch0 = cfg.base_channels
         emb_dim = 4 * ch0
         self.time_embed = TimestepEmbedding(emb_dim, freq_dim=max(2, ch0 // 2 * 2))
@@ -165,14 +165,15 @@ class UNet2D(nn.Module):
         return t.to(torch.float32)
 
 
-def _check(cfg: UNet2DConfig) -> UNet2DConfig:
-    """A validated copy of cfg (lists as lists of ints), or one ValueError naming the [model] key to change."""
+def check_unet_config(cfg, extra_positive: tuple[str, ...] = ()):
+    """A validated copy of a U-Net config (UNet2DConfig, or UNet3DConfig with extra_positive=("frames",)),
+    lists as lists of ints, or one ValueError naming the [model] key to change."""
     cfg = replace(cfg, channel_mult=[int(m) for m in cfg.channel_mult],
                   attention_resolutions=[int(r) for r in cfg.attention_resolutions])
     levels = len(cfg.channel_mult)
     if levels < 1 or any(int(m) <= 0 for m in cfg.channel_mult):
         raise ValueError(f"[model] channel_mult must be a non-empty list of positive ints, got {cfg.channel_mult}")
-    for key in ("in_channels", "base_channels", "image_size", "norm_groups", "num_heads"):
+    for key in ("in_channels", "base_channels", "image_size", "norm_groups", "num_heads", *extra_positive):
         if int(getattr(cfg, key)) <= 0:
             raise ValueError(f"[model] {key} must be positive, got {getattr(cfg, key)}")
     for key in ("out_channels", "num_res_blocks", "num_classes", "extra_in_channels"):

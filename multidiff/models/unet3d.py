@@ -22,7 +22,7 @@ length run: offsets beyond the trained ones reuse the farthest trained bias.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from torch import nn
 
 from ..nn import ResBlock, SelfAttention, TemporalAttention, TemporalConv, TimestepEmbedding, conv_nd, group_norm, zero_
 from ..nn.temporal import check_independent
+from .unet2d import check_unet_config
 
 MAX_FRAMES = 1024
 
@@ -296,40 +297,8 @@ def _clips(h: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def _check(cfg: UNet3DConfig) -> UNet3DConfig:
-    """A validated copy of cfg (lists as lists of ints), or one ValueError naming the [model] key to change."""
-    cfg = replace(cfg, channel_mult=[int(m) for m in cfg.channel_mult],
-                  attention_resolutions=[int(r) for r in cfg.attention_resolutions])
-    levels = len(cfg.channel_mult)
-    if levels < 1 or any(m <= 0 for m in cfg.channel_mult):
-        raise ValueError(f"[model] channel_mult must be a non-empty list of positive ints, got {cfg.channel_mult}")
-    for key in ("in_channels", "base_channels", "image_size", "norm_groups", "num_heads", "frames"):
-        if int(getattr(cfg, key)) <= 0:
-            raise ValueError(f"[model] {key} must be positive, got {getattr(cfg, key)}")
+    """The 2-D U-Net's checks (same layout of levels), plus the clip length."""
+    cfg = check_unet_config(cfg, extra_positive=("frames",))
     if cfg.frames > MAX_FRAMES:
         raise ValueError(f"[model] frames = {cfg.frames} is more than the {MAX_FRAMES} frames a clip may have")
-    for key in ("out_channels", "num_res_blocks", "num_classes", "extra_in_channels"):
-        if int(getattr(cfg, key)) < 0:
-            raise ValueError(f"[model] {key} must be >= 0, got {getattr(cfg, key)}")
-    if not 0.0 <= float(cfg.dropout) < 1.0:
-        raise ValueError(f"[model] dropout must be in [0, 1), got {cfg.dropout}")
-    if not 0.0 <= float(cfg.class_dropout) <= 1.0:
-        raise ValueError(f"[model] class_dropout must be in [0, 1], got {cfg.class_dropout}")
-    factor = 2 ** (levels - 1)
-    if cfg.image_size % factor:
-        raise ValueError(f"[model] image_size = {cfg.image_size} is not divisible by 2**(len(channel_mult)-1) = "
-                         f"{factor}; use an image_size that is a multiple of {factor} or fewer channel_mult levels")
-    for mult in cfg.channel_mult:
-        c = cfg.base_channels * mult
-        if c % cfg.norm_groups:
-            raise ValueError(f"channels {c} (base_channels {cfg.base_channels} x channel_mult {mult}) are not "
-                             f"divisible by [model] norm_groups = {cfg.norm_groups}; "
-                             "change base_channels or norm_groups")
-    sizes = [cfg.image_size // 2**i for i in range(levels)]
-    for size, mult in zip(sizes, cfg.channel_mult):
-        c = cfg.base_channels * mult
-        if (size in cfg.attention_resolutions or size == sizes[-1]) and c % cfg.num_heads:
-            raise ValueError(f"channels {c} at {size}px are not divisible by [model] num_heads = {cfg.num_heads}")
-    bad = [r for r in cfg.attention_resolutions if r not in sizes]
-    if bad:
-        raise ValueError(f"[model] attention_resolutions {bad} match no feature-map size; the sizes are {sizes}")
     return cfg
