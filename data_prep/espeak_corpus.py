@@ -33,6 +33,7 @@ import numpy as np
 import soundfile as sf
 
 from multidiff.utils import atomic_path, write_text
+from data_prep import PrepError, run_stage
 
 SAMPLE_RATE = 22050
 TRAIN_VOICES = ("en-us+m1", "en-us+f2", "en-gb+m3", "en-gb+f1", "en-gb-scotland+m2", "en-gb-x-rp+f3")
@@ -146,9 +147,6 @@ SENTENCES = (
     "I wonder whether the bakery on the corner is still open.",
 )
 
-
-class PrepError(RuntimeError):
-    """A problem the user can fix; main prints it and exits with status 1."""
 
 
 def plan(n: int, seed: int, voices, eval_voices, heldout: float, dev_fraction: float, eval_fraction: float):
@@ -303,14 +301,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-fraction", type=float, default=0.1, help="share of utterances in eval (default 0.1)")
     p.add_argument("--workers", type=int, default=2, help="espeak-ng processes at once (default 2)")
     a = p.parse_args(argv)
-    try:
-        build(Path(a.out), a.n, a.seed, [v for v in a.voices.split(",") if v],
-              [v for v in a.eval_voices.split(",") if v], a.heldout_sentences, a.dev_fraction, a.eval_fraction,
-              a.workers)
-    except PrepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_stage(build, Path(a.out), a.n, a.seed, [v for v in a.voices.split(",") if v],
+                     [v for v in a.eval_voices.split(",") if v], a.heldout_sentences, a.dev_fraction,
+                     a.eval_fraction, a.workers)[1]
 
 
 if __name__ == "__main__":

@@ -21,39 +21,22 @@ from pathlib import Path
 
 import soundfile as sf
 
-from multidiff.data.audio import LJSPEECH_URL, AudioData, AudioDataError, build_audio_dataset
+from multidiff.data.audio import AudioData, AudioDataError, build_audio_dataset
+from multidiff.data.audio_layouts import LJSPEECH_URL, read_ljspeech_ids
 from multidiff.data.mel import STYLES
 from multidiff.utils import write_text
+from data_prep import PrepError, run_stage
 
 SAMPLE_RATE = 22050
 SPLITS = ("train", "dev", "eval")
 
 
-class PrepError(RuntimeError):
-    """A problem the user can fix; main prints it and exits with status 1."""
-
-
-def read_metadata(root: Path) -> list[str]:
-    meta = root / "metadata.csv"
-    if not meta.is_file() or not (root / "wavs").is_dir():
-        raise PrepError(f"no LJSpeech folder at '{root}' (need metadata.csv and wavs/). Download {LJSPEECH_URL} "
-                        f"(2.6 GB) and extract it: mkdir -p data && curl -L {LJSPEECH_URL} | tar xj -C data, "
-                        f"then run with --root data/LJSpeech-1.1")
-    ids = []
-    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.split("|")
-        if len(fields) != 3 or not fields[0].strip():
-            raise PrepError(f"'{meta}' line {n} is not 'id|text|normalized text' ({len(fields)} fields): "
-                            f"{line[:80]!r}. Re-download {LJSPEECH_URL} and extract it again")
-        ids.append(fields[0].strip())
-    if not ids:
-        raise PrepError(f"'{meta}' is empty. Re-download {LJSPEECH_URL} and extract it again")
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise PrepError(f"'{meta}' lists id(s) more than once: {', '.join(dup[:5])}. Keep one row per clip")
-    return ids
+def read_metadata(root: Path) -> tuple[Path, list[str]]:
+    """(the LJSpeech folder, root itself or its LJSpeech-1.1 subfolder; its clip ids)."""
+    try:
+        return read_ljspeech_ids(root, point_at="--root")
+    except AudioDataError as e:
+        raise PrepError(str(e)) from None
 
 
 def check_wavs(root: Path, ids: list[str]) -> None:
@@ -127,24 +110,23 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", default="", help="where the mels go (default ROOT/mel_cache); set the "
                                                    "recipe's data.cache_dir to it")
     a = p.parse_args(argv)
-    root = Path(a.root).expanduser()
-    try:
-        ids = read_metadata(root)
-        lists = splits_ok(root, ids)
-        if lists:
-            print(f"splits: present in {root / 'splits'}, skipping the check "
-                  f"(train {len(lists['train'])}, dev {len(lists['dev'])}, eval {len(lists['eval'])})")
-        else:
-            check_wavs(root, ids)
-            lists = write_splits(root, ids, a.holdout)
-            print(f"splits: checked {len(ids)} clips, wrote {root / 'splits'} "
-                  f"(train {len(lists['train'])}, dev {len(lists['dev'])}, eval {len(lists['eval'])})")
-        if a.mel != "none":
-            precompute_mels(root, Path(a.cache_dir).expanduser() if a.cache_dir else root / "mel_cache", a.mel)
-    except PrepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_stage(prepare, Path(a.root).expanduser(), a.holdout, a.mel, a.cache_dir)[1]
+
+
+def prepare(root: Path, holdout: int, mel: str, cache_dir: str) -> None:
+    """The stages in order, each skipped when its output is already there and valid."""
+    root, ids = read_metadata(root)
+    lists = splits_ok(root, ids)
+    if lists:
+        print(f"splits: present in {root / 'splits'}, skipping the check "
+              f"(train {len(lists['train'])}, dev {len(lists['dev'])}, eval {len(lists['eval'])})")
+    else:
+        check_wavs(root, ids)
+        lists = write_splits(root, ids, holdout)
+        print(f"splits: checked {len(ids)} clips, wrote {root / 'splits'} "
+              f"(train {len(lists['train'])}, dev {len(lists['dev'])}, eval {len(lists['eval'])})")
+    if mel != "none":
+        precompute_mels(root, Path(cache_dir).expanduser() if cache_dir else root / "mel_cache", mel)
 
 
 if __name__ == "__main__":

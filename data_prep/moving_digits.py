@@ -37,13 +37,11 @@ from tqdm.auto import tqdm
 from multidiff.data.image import ImageData, build_image_dataset
 from multidiff.data.video import write_video
 from multidiff.utils import atomic_path, write_text
+from data_prep import PrepError, run_stage
 
 VERSION = 1
 SPLITS = {"train": 0, "test": 1}
 
-
-class PrepError(RuntimeError):
-    pass
 
 
 def bounce_paths(rng: np.random.Generator, k: int, frames: int, room: int, speed: tuple[float, float]) -> np.ndarray:
@@ -188,11 +186,10 @@ def main(argv=None) -> int:
     p.add_argument("--crf", type=int, default=12, help="H.264 quality, 0 = lossless .. 51 (default 12)")
     p.add_argument("--npy", action="store_true", help="also write train.npy / test.npy, uint8 (T, N, H, W)")
     a = p.parse_args(argv)
-    try:
-        r = build(Path(a.out), a.n, a.n_test, a.frames, a.size, a.digit_size, a.digits, a.fps, a.seed, a.crf, a.npy)
-    except PrepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    r, status = run_stage(build, Path(a.out), a.n, a.n_test, a.frames, a.size, a.digit_size, a.digits, a.fps,
+                          a.seed, a.crf, a.npy)
+    if status:
+        return status
     print(f"moving digits: {r['written']} clip(s) written, {r['skipped']} already present, in {r['out']} "
           f"(train {r['train']}, test {r['test']})")
     return 0

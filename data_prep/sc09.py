@@ -19,14 +19,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from multidiff.data.audio import SC09_WORDS, SPEECH_COMMANDS_URL
+from multidiff.data.audio_layouts import SC09_WORDS, SPEECH_COMMANDS_URL
 from multidiff.utils import atomic_path, write_text
+from data_prep import PrepError, run_stage
 
 LISTS = ("validation_list.txt", "testing_list.txt")
 
-
-class PrepError(RuntimeError):
-    """A problem the user can fix; main prints it and exits with status 1."""
 
 
 def check_source(src: Path) -> None:
@@ -94,12 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--mode", choices=("symlink", "copy"), default="symlink",
                    help="symlink the wavs (default) or copy them")
     a = p.parse_args(argv)
-    try:
-        select(Path(a.src).expanduser(), Path(a.out).expanduser(), a.mode)
-    except PrepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_stage(select, Path(a.src).expanduser(), Path(a.out).expanduser(), a.mode)[1]
 
 
 if __name__ == "__main__":

@@ -30,14 +30,12 @@ from tqdm.auto import tqdm
 
 from multidiff.data.video import UCF101_SPLITS_URL, UCF101_VIDEOS_URL, VideoDataError, read_video
 from multidiff.utils import write_text
+from data_prep import PrepError, run_stage
 
 LAYOUT = """expected layout:
     {root}/UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi ...   (from UCF101.rar)
     {root}/ucfTrainTestlist/classInd.txt, trainlist01..03.txt, testlist01..03.txt   (from the splits zip)"""
 
-
-class PrepError(RuntimeError):
-    pass
 
 
 def _how_to_get(root: Path) -> str:
@@ -150,11 +148,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.probe != "all" and not (a.probe.isdigit()):
         p.error(f"--probe takes a number >= 0 or 'all', got {a.probe!r}")
-    try:
-        r = prepare(a.root, None if a.probe == "all" else int(a.probe), a.seed, a.allow_missing)
-    except PrepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    r, status = run_stage(prepare, a.root, None if a.probe == "all" else int(a.probe), a.seed, a.allow_missing)
+    if status:
+        return status
     print(f"UCF-101 in {r['root']}: {r['classes']} classes, {r['present']}/{r['listed']} listed videos present, "
           f"{len(r['unlisted'])} unlisted; probed {r['probed']}, {len(r['corrupt'])} corrupt (left out)")
     for rel, why in list(r["corrupt"].items())[:10]:

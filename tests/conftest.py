@@ -11,6 +11,16 @@ def _seed():
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is as fast, and immune to other processes holding the second core.
+    Modules of small-model tests opt in with pytestmark = pytest.mark.usefixtures("one_thread")."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def linear():
     return Schedule.linear(1000)
 

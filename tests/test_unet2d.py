@@ -5,18 +5,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from helpers.denoisers import assert_starts_at_zero_then_learns
 from multidiff.models.unet2d import UNet2D, UNet2DConfig
 from multidiff.nn import (Downsample, GroupNorm, ResBlock, SelfAttention, TimestepEmbedding, Upsample, dropout,
                           timestep_embedding)
 from multidiff.nn.attention import attention
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and immune to other processes holding the second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.py)
 
 
 TINY = dict(base_channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4], num_heads=2,
@@ -62,17 +57,7 @@ def test_zero_init_output_then_learns():
     torch.manual_seed(0)
     m = tiny(in_channels=1)
     x, t = x_t(b=4), torch.tensor([10.0, 200.5, 500.0, 900.25])
-    assert m(x, t).abs().max() == 0  # zero-init output conv: the net starts by predicting 0
-    target = torch.randn_like(x)
-    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(30):
-        loss = (m(x, t) - target).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.7 * losses[0], losses
+    assert_starts_at_zero_then_learns(m, x, t, steps=30)
 
 
 def test_fractional_timesteps():

@@ -7,11 +7,11 @@ Run: `multidiff bench overhead` (needs the `bench` extra for diffusers).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from ..core import Denoiser, Schedule, sample
+from .throughput_harness import best_time
 
 # our sampler -> (diffusers scheduler class, constructor kwargs) for the same settings
 PAIRS = {
@@ -26,16 +26,6 @@ PAIRS = {
 
 def trivial_model(x, t, **_):
     return x * 0.1
-
-
-def _best_of(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def ours(sampler: str, steps: int, shape, sched: Schedule):
@@ -71,8 +61,8 @@ def table(steps: int = 100, shape=(1, 4, 8, 8), repeats: int = 5) -> list[dict]:
     rows = []
     for smp in PAIRS:
         calls = 2 * steps - 1 if smp == "heun" else steps
-        a = _best_of(ours(smp, steps, shape, sched), repeats) / calls * 1e6
-        b = _best_of(theirs(smp, steps, shape), repeats) / calls * 1e6
+        a = best_time(ours(smp, steps, shape, sched), repeats) / calls * 1e6
+        b = best_time(theirs(smp, steps, shape), repeats) / calls * 1e6
         rows.append({"sampler": smp, "ours_us": a, "diffusers_us": b, "speedup": b / a})
     return rows
 

@@ -19,16 +19,11 @@ Run: `python benchmarks/unet2d_throughput.py` (needs the `bench` extra for the p
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import platform
-import statistics
-import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..models.unet2d import UNet2D, UNet2DConfig
+from . import throughput_harness as harness
 
 MODES = ("fp32 NCHW", "bf16 CL")
 
@@ -64,48 +59,15 @@ MODELS = {
 PEERS = ("diffusers", "ddpm")
 
 
-def forward_gflops(model, call) -> float:
-    model.eval()
-    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10.0, 500.5])
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        call(model, x, t)
-    return fc.get_total_flops() / 2 / 1e9
-
-
-# ---------------------------------------------------------------------------- peaks
-def _best_time(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def measure_peaks(reps: int = 5) -> dict:
-    """bf16 conv (128->128 3x3 on [32, 128, 32, 32], autocast + channels_last) and 4096^2 matmul, TFLOP/s."""
-    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(memory_format=torch.channels_last)
-    x = torch.randn(32, 128, 32, 32).to(memory_format=torch.channels_last)
-
-    def run_conv():
-        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
-            conv(x)
-
-    a, b = torch.randn(4096, 4096, dtype=torch.bfloat16), torch.randn(4096, 4096, dtype=torch.bfloat16)
-    return {"conv": 2 * 32 * 32 * 32 * 128 * 128 * 9 / _best_time(run_conv, reps) / 1e12,
-            "matmul": 2 * 4096**3 / _best_time(lambda: a @ b, reps) / 1e12}
-
-
 # ---------------------------------------------------------------------------- runs
-class Run:
-    """One (model, mode): a training step and a sampling step as closures, and their timings."""
+class Run(harness.Run):
+    """One (model, mode) on 32x32 RGB; with compile_, the model runs under torch.compile."""
 
     def __init__(self, key: str, mode: str, dropout: float, train_batch: int, sample_batch: int, compile_: bool):
         self.key, self.mode = key, mode
         self.label, build = MODELS[key]
         model, call = build(dropout)
-        self.gflops = forward_gflops(model, call)
+        self.gflops = harness.forward_gflops(model, call, torch.randn(2, 3, 32, 32))
         self.params = sum(p.numel() for p in model.parameters())
         fast = mode == "bf16 CL"
         if fast:
@@ -121,52 +83,10 @@ class Run:
         target = torch.randn(train_batch, 3, 32, 32, generator=g).to(memory_format=fmt)
         xs = torch.randn(sample_batch, 3, 32, 32, generator=g).to(memory_format=fmt)
         ts = torch.rand(sample_batch, generator=g) * 999
-        ctx = (lambda: torch.autocast("cpu", torch.bfloat16)) if fast else contextlib.nullcontext
-
-        def train():
-            model.train()
-            with ctx():
-                loss = (call(fn, xt, tt).float() - target).pow(2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        def sample():
-            model.eval()
-            with torch.no_grad(), ctx():
-                call(fn, xs, ts)
-
-        self.train, self.sample = train, sample
-        self.batches = {"train": train_batch, "sample": sample_batch}
-        self.times = {"train": [], "sample": []}
-
-    def rate(self, what: str) -> float:
-        return self.batches[what] / statistics.median(self.times[what])
+        self._set_steps(model, call, opt, (xt, tt, target), (xs, ts), fast, fn)
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def _table(runs: list[Run], peak: float) -> str:
-    best = {w: max(r.rate(w) for r in runs if r.key in PEERS) for w in ("train", "sample")} \
-        if any(r.key in PEERS for r in runs) else None
-    head = ("| model | mode | GFLOP/img (fwd) | params | train img/s | train TFLOP/s | % peak | vs best peer "
-            "| sample img/s | sample TFLOP/s | % peak | vs best peer |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in runs:
-        cells = [r.label, r.mode, f"{r.gflops:.2f}", f"{r.params / 1e6:.1f} M"]
-        for what, mult in (("train", 3), ("sample", 1)):
-            ips = r.rate(what)
-            tf = ips * r.gflops * mult / 1e3
-            cells += [f"{ips:.1f}", f"{tf:.3f}", f"{100 * tf / peak:.0f}%",
-                      f"{ips / best[what]:.2f}x" if best else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+TABLE = harness.TableFormat(unit="img", units="img", gflop=".2f", rate=".1f", vs_peer="vs best peer")
 
 
 def main(argv=None) -> None:
@@ -179,62 +99,19 @@ def main(argv=None) -> None:
     ap.add_argument("--dropout", type=float, default=0.1, help="the same dropout for every model")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--compile", action="store_true", help="also time our model under torch.compile (bf16 CL)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    keys, modes = args.models.split(","), args.modes.split(",")
-    for k in keys:
-        if k not in MODELS:
-            ap.error(f"unknown model {k!r}; choose from {', '.join(MODELS)}")
-    for m in modes:
-        if m not in MODES:
-            ap.error(f"unknown mode {m!r}; choose from {MODES}")
-
-    t_start = time.perf_counter()
-    print(f"# UNet2D throughput: {_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"load average before {os.getloadavg()[0]:.2f}")
-    if os.getloadavg()[0] > 0.5:
-        print("note: other processes are using the CPU; rounds are interleaved, so the ratios between rows "
-              "hold up better than the absolute numbers")
-    peaks0 = measure_peaks()
+    args, keys, modes = harness.parse_args(ap, argv, MODELS, MODES)
+    t_start, peaks0 = harness.start("UNet2D")
     runs = [Run(k, m, args.dropout, args.train_batch, args.sample_batch, False) for k in keys for m in modes]
     if args.compile:
         runs.append(Run("ours", "bf16 CL", args.dropout, args.train_batch, args.sample_batch, True))
-    flops = [r.gflops for r in runs]
-    spread = max(flops) / min(flops)
-    print(f"forward GFLOP/img: " + ", ".join(f"{MODELS[k][0]} {r.gflops:.2f}" for k, r in
-                                             {r.key: r for r in runs}.items())
-          + f" (max/min {spread:.2f}{'' if spread <= 1.2 else ' -- NOT within 20%'})")
-    for r in runs:  # warm-up: first calls build oneDNN primitives (and compile, with --compile)
-        r.train()
-        r.sample()
-    for _ in range(args.rounds):
-        for r in runs:
-            for what in ("train", "sample"):
-                t0 = time.perf_counter()
-                getattr(r, what)()
-                r.times[what].append(time.perf_counter() - t0)
-    # measured again at the end, best of both: one burst of load from another process must not lower the peak
-    peaks = {k: max(v, peaks0[k]) for k, v in measure_peaks().items()}
-    peak = max(peaks.values())
-    print(f"measured bf16 peaks (best of start and end): conv {peaks['conv']:.3f} TFLOP/s, matmul "
-          f"{peaks['matmul']:.3f} TFLOP/s; % peak below is against {peak:.3f}")
+    harness.print_gflops(runs, MODELS, TABLE)
+    harness.time_rounds(runs, args.rounds)
+    peak = harness.peak_at_end(peaks0)
     print(f"train: batch {args.train_batch}, forward + backward + AdamW step; sample: batch {args.sample_batch}, "
           f"no-grad forward; dropout {args.dropout}; median of {args.rounds} interleaved rounds\n")
-    print(_table(runs, peak))
-    peer_runs = [r for r in runs if r.key in PEERS]
-    for r in runs:
-        if r.key == "ours" and r.mode == "bf16 CL" and peer_runs:
-            best = max(peer_runs, key=lambda p: p.rate("train"))
-            ratio = r.rate("train") / best.rate("train")
-            frac = r.rate("train") * r.gflops * 3 / 1e3 / peak
-            s_ratio = r.rate("sample") / max(p.rate("sample") for p in peer_runs)
-            print(f"\n{r.label}, {r.mode}: training {ratio:.2f}x the fastest peer configuration "
-                  f"({best.label}, {best.mode}; target >= 5x: {'met' if ratio >= 5 else 'NOT met'}), "
-                  f"{100 * frac:.0f}% of the measured bf16 peak "
-                  f"(target >= 40%: {'met' if frac >= 0.4 else 'NOT met'}); "
-                  f"sampling {s_ratio:.2f}x the fastest peer configuration")
-    print(f"\nload average after {os.getloadavg()[0]:.2f}; total {time.perf_counter() - t_start:.0f} s")
+    print(harness.markdown_table(runs, peak, PEERS, TABLE))
+    harness.print_vs_fastest_peer(runs, PEERS, "bf16 CL", peak, "bf16 peak", peak_target=0.4)
+    harness.print_footer(t_start)
 
 
 if __name__ == "__main__":

@@ -21,16 +21,11 @@ other at every op, which hurts the models with many small ops most (the peer's b
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import statistics
-import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..models.unet3d import UNet3D, UNet3DConfig
-from .unet2d_throughput import _cpu_name, measure_peaks
+from . import throughput_harness as harness
 
 MODES = ("fp32", "bf16 CL3d")
 SIZE = 32
@@ -56,15 +51,6 @@ MODELS = {
 PEERS = ("vdp",)
 
 
-def forward_gflops(model, call, frames: int) -> float:
-    """Forward GFLOP per clip (FlopCounterMode: convs, matmuls, attention)."""
-    model.eval()
-    x, t = torch.randn(2, 1, frames, SIZE, SIZE), torch.tensor([10.0, 500.5])
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        call(model, x, t)
-    return fc.get_total_flops() / 2 / 1e9
-
-
 def restride(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     """t with canonical `fmt` strides. Not t.contiguous(memory_format=fmt): that keeps the NCDHW strides of
     a tensor with 1 channel, and oneDNN then picks NCDHW for the convs that read it."""
@@ -81,14 +67,14 @@ def channels_last_3d(model: torch.nn.Module) -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------------------- runs
-class Run:
-    """One (model, mode): a training step and a sampling step as closures, and their timings."""
+class Run(harness.Run):
+    """One (model, mode) on clips of grayscale SIZExSIZE frames."""
 
     def __init__(self, key: str, mode: str, frames: int, train_batch: int, sample_batch: int):
         self.key, self.mode = key, mode
         self.label, build = MODELS[key]
         model, call = build(frames)
-        self.gflops = forward_gflops(model, call, frames)
+        self.gflops = harness.forward_gflops(model, call, torch.randn(2, 1, frames, SIZE, SIZE))
         self.params = sum(p.numel() for p in model.parameters())
         fast = mode == "bf16 CL3d"
         if fast:
@@ -102,44 +88,11 @@ class Run:
         target = restride(torch.randn(train_batch, *shape, generator=g), fmt)
         xs = restride(torch.randn(sample_batch, *shape, generator=g), fmt)
         ts = torch.rand(sample_batch, generator=g) * 999
-        ctx = (lambda: torch.autocast("cpu", torch.bfloat16)) if fast else contextlib.nullcontext
-
-        def train():
-            model.train()
-            with ctx():
-                loss = (call(model, xt, tt).float() - target).pow(2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        def sample():
-            model.eval()
-            with torch.no_grad(), ctx():
-                call(model, xs, ts)
-
-        self.model, self.train, self.sample = model, train, sample
-        self.batches = {"train": train_batch, "sample": sample_batch}
-        self.times = {"train": [], "sample": []}
-
-    def rate(self, what: str) -> float:
-        return self.batches[what] / statistics.median(self.times[what])
+        self._set_steps(model, call, opt, (xt, tt, target), (xs, ts), fast)
+        self.model = model
 
 
-def _table(runs: list[Run], peak: float) -> str:
-    best = {w: max(r.rate(w) for r in runs if r.key in PEERS) for w in ("train", "sample")} \
-        if any(r.key in PEERS for r in runs) else None
-    head = ("| model | mode | GFLOP/clip (fwd) | params | train clips/s | train TFLOP/s | % peak | vs fastest peer "
-            "| sample clips/s | sample TFLOP/s | % peak | vs fastest peer |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in runs:
-        cells = [r.label, r.mode, f"{r.gflops:.1f}", f"{r.params / 1e6:.1f} M"]
-        for what, mult in (("train", 3), ("sample", 1)):
-            cps = r.rate(what)
-            tf = cps * r.gflops * mult / 1e3
-            cells += [f"{cps:.2f}", f"{tf:.3f}", f"{100 * tf / peak:.0f}%",
-                      f"{cps / best[what]:.2f}x" if best else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+TABLE = harness.TableFormat(unit="clip", units="clips", gflop=".1f", rate=".2f", vs_peer="vs fastest peer")
 
 
 def _profile(run: Run, rows: int) -> None:
@@ -165,66 +118,21 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
                     help="after the table, profile one bf16 training step of ours (top ROWS ops)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    keys, modes = args.models.split(","), args.modes.split(",")
-    for k in keys:
-        if k not in MODELS:
-            ap.error(f"unknown model {k!r}; choose from {', '.join(MODELS)}")
-    for m in modes:
-        if m not in MODES:
-            ap.error(f"unknown mode {m!r}; choose from {MODES}")
-
-    t_start = time.perf_counter()
-    print(f"# UNet3D throughput: {_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"load average before {os.getloadavg()[0]:.2f}")
-    if os.getloadavg()[0] > 0.5:
-        print("note: other processes are using the CPU; rounds are interleaved, so the ratios between rows "
-              "hold up better than the absolute numbers")
-    peaks0 = measure_peaks()
+    args, keys, modes = harness.parse_args(ap, argv, MODELS, MODES)
+    t_start, peaks0 = harness.start("UNet3D")
     runs = [Run(k, m, args.frames, args.train_batch, args.sample_batch) for k in keys for m in modes]
-    flops = [r.gflops for r in runs]
-    spread = max(flops) / min(flops)
-    print("forward GFLOP/clip: " + ", ".join(f"{MODELS[k][0]} {r.gflops:.1f}" for k, r in
-                                            {r.key: r for r in runs}.items())
-          + f" (max/min {spread:.2f}{'' if spread <= 1.2 else ' -- NOT within 20%'})")
-    for r in runs:  # warm-up: first calls build oneDNN primitives
-        r.train()
-        r.sample()
-    t_rounds, rounds = time.perf_counter(), 0
-    while rounds < max(args.rounds, 1) and (rounds < args.min_rounds or time.perf_counter() - t_rounds < args.budget):
-        rounds += 1
-        for r in runs:
-            for what in ("train", "sample"):
-                t0 = time.perf_counter()
-                getattr(r, what)()
-                r.times[what].append(time.perf_counter() - t0)
-    # measured again at the end, best of both: one burst of load from another process must not lower the peak
-    peaks = {k: max(v, peaks0[k]) for k, v in measure_peaks().items()}
-    peak = peaks["conv"]
-    print(f"measured bf16 peaks (best of start and end): conv {peaks['conv']:.3f} TFLOP/s, matmul "
-          f"{peaks['matmul']:.3f} TFLOP/s; % peak below is against the conv peak")
+    harness.print_gflops(runs, MODELS, TABLE)
+    rounds = harness.time_rounds(runs, max(args.rounds, 1), args.min_rounds, args.budget)
+    peak = harness.peak_at_end(peaks0, only="conv")
     print(f"train: batch {args.train_batch} clips of {args.frames}x{SIZE}x{SIZE}, forward + backward + AdamW step; "
           f"sample: batch {args.sample_batch}, no-grad forward; median of {rounds} interleaved rounds\n")
-    print(_table(runs, peak))
-    peer_runs = [r for r in runs if r.key in PEERS]
-    for r in runs:
-        if r.key == "ours" and r.mode == "bf16 CL3d" and peer_runs:
-            best = max(peer_runs, key=lambda p: p.rate("train"))
-            ratio = r.rate("train") / best.rate("train")
-            s_best = max(peer_runs, key=lambda p: p.rate("sample"))
-            s_ratio = r.rate("sample") / s_best.rate("sample")
-            frac = r.rate("train") * r.gflops * 3 / 1e3 / peak
-            print(f"\n{r.label}, {r.mode}: training {ratio:.2f}x the fastest peer configuration "
-                  f"({best.label}, {best.mode}; target >= 5x: {'met' if ratio >= 5 else 'NOT met'}), "
-                  f"{100 * frac:.0f}% of the measured bf16 conv peak; sampling {s_ratio:.2f}x the fastest peer "
-                  f"configuration ({s_best.label}, {s_best.mode})")
+    print(harness.markdown_table(runs, peak, PEERS, TABLE))
+    harness.print_vs_fastest_peer(runs, PEERS, "bf16 CL3d", peak, "bf16 conv peak", name_sample_peer=True)
     if args.profile:
         fast = [r for r in runs if r.key == "ours" and r.mode == "bf16 CL3d"]
         if fast:
             _profile(fast[0], args.profile)
-    print(f"\nload average after {os.getloadavg()[0]:.2f}; total {time.perf_counter() - t_start:.0f} s")
+    harness.print_footer(t_start)
 
 
 if __name__ == "__main__":

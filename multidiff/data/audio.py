@@ -1,4 +1,5 @@
-"""Audio datasets for vocoders and waveform diffusion: LJSpeech, any folder of wav/flac, SC09.
+"""Audio datasets for vocoders and waveform diffusion: LJSpeech, any folder of wav/flac, SC09
+(which files each layout holds: audio_layouts.py).
 
 ds[i] -> (audio float32 [1, L] in [-1, 1], mel float32 [n_mels, L // hop], label int), the whole
 clip, always the same tensors for the same index. Random crops are drawn per batch from the
@@ -20,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,21 +32,15 @@ import torchaudio
 from tqdm.auto import tqdm
 
 from ..utils import atomic_path
+from .checks import check_count, warn_skipped
+from .audio_layouts import (AUDIO_EXTENSIONS, LAYOUTS, LJSPEECH_URL, SC09_WORDS, SPEECH_COMMANDS_URL,  # noqa: F401
+                            AudioDataError, find_clips, restrict_to_list, stable_hash)
 from .mel import STYLES, MelConfig, mel_spectrogram, silence_mel
 
-LAYOUTS = ("ljspeech", "folder", "sc09")
 ON_ERROR = ("raise", "skip")
 SPLITS = ("train", "dev", "eval")
 _SPLIT_ALIASES = {"test": "eval", "valid": "dev", "validation": "dev"}
-AUDIO_EXTENSIONS = (".wav", ".flac")
-SC09_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-LJSPEECH_URL = "https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2"
-SPEECH_COMMANDS_URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
 SILENT_PEAK = 1e-4  # about -80 dBFS, 3 steps of 16-bit audio: nothing a listener or a vocoder can use
-
-
-class AudioDataError(ValueError):
-    """A problem with the user's audio data or [data] config, with the file and the fix in the message."""
 
 
 class _BadAudio(Exception):
@@ -257,17 +251,16 @@ def build_audio_dataset(cfg: AudioData, split: str = "train", cache_dir=None) ->
     cfg.cache_dir, else in `cache_dir` (what a recipe passes), else not cached (computed per item)."""
     split = _check_config(cfg, split)
     root = Path(cfg.root).expanduser()
-    layout = {"ljspeech": _ljspeech, "folder": _folder, "sc09": _sc09}[cfg.layout]
-    files, ids, class_names, clip = layout(root, split, cfg.sample_rate)
+    files, ids, class_names, clip = find_clips(cfg.layout, root, split, cfg.sample_rate)
     if cfg.split:
-        files, ids = _restrict(files, ids, cfg.split, root)
+        files, ids = restrict_to_list(files, ids, cfg.split, root)
     cache = cfg.cache_dir or cache_dir
     cache = Path(cache).expanduser() if cache else None
     mel_config = MelConfig.preset(cfg.mel, cfg.sample_rate)
     ds = AudioDataset([], [], class_names, [], mel_config, cfg.crop_frames, cfg.resample, clip, cache)
     order = list(range(len(files)))
     if cfg.max_items:
-        order.sort(key=lambda i: (_hash(ids[i]), ids[i]))  # a subset spread over the classes
+        order.sort(key=lambda i: (stable_hash(ids[i]), ids[i]))  # a subset spread over the classes
     good, skipped = _validate(ds, [files[i][0] for i in order], cfg)
     keep = sorted(order[k] for k in good)
     ds.items, ds.ids, ds.skipped = [files[i] for i in keep], [ids[i] for i in keep], skipped
@@ -278,17 +271,13 @@ def _check_config(cfg: AudioData, split: str) -> str:
     def bad(msg):
         raise AudioDataError(f"[data] {msg}")
 
-    def count(name, low):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            bad(f"{name} must be an integer >= {low}, got {v!r}")
     if cfg.layout not in LAYOUTS:
         bad(f"unknown layout {cfg.layout!r}; choose one of: {', '.join(LAYOUTS)}")
     if not cfg.root:
         bad(f"root is empty: set data.root to the {cfg.layout} folder")
-    count("sample_rate", 1)
-    count("crop_frames", 0)
-    count("max_items", 0)
+    check_count(cfg, "sample_rate", 1, AudioDataError)
+    check_count(cfg, "crop_frames", 0, AudioDataError)
+    check_count(cfg, "max_items", 0, AudioDataError)
     if cfg.mel not in STYLES:
         bad(f"mel must be one of: {', '.join(STYLES)}; got {cfg.mel!r}")
     if cfg.on_error not in ON_ERROR:
@@ -333,152 +322,8 @@ def _validate(ds: AudioDataset, paths: list[Path], cfg: AudioData):
                     break
             if len(good) == want:
                 break
-    if skipped:
-        first = "; ".join(f"'{p}' ({r})" for p, r in skipped[:3])
-        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        warnings.warn(f"skipped {len(skipped)} unusable audio file(s): {first}{more}. They are listed in "
-                      f"dataset.skipped; set data.on_error = \"raise\" to stop at the first one", stacklevel=3)
+    warn_skipped(skipped, "unusable audio file(s)", stacklevel=3)
     if not good:
         raise AudioDataError(f"all {len(skipped)} audio files are unusable, e.g. '{skipped[0][0]}' ({skipped[0][1]})"
                              if skipped else "no audio files to use")
     return good, skipped
-
-
-def _hash(s: str) -> int:
-    return int.from_bytes(hashlib.sha1(s.encode()).digest()[:4], "big")
-
-
-def _read_list(path: Path) -> list[str]:
-    return [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
-
-
-def _restrict(files, ids, split_file: str, root: Path):
-    p = Path(split_file).expanduser()
-    p = p if p.is_absolute() or p.is_file() else root / p
-    if not p.is_file():
-        raise AudioDataError(f"[data] split file '{split_file}' not found (looked in the working directory and in "
-                             f"'{root}'): give a file of relative paths or ids, one a line, or set data.split = \"\"")
-    wanted = {w.removeprefix("./") for w in _read_list(p)}
-
-    def names(k):
-        rel = Path(os.path.relpath(files[k][0], root)).as_posix()
-        return {ids[k], ids[k].rsplit(".", 1)[0], rel, rel.rsplit(".", 1)[0]}
-    keep = [k for k in range(len(ids)) if names(k) & wanted]
-    if not keep:
-        raise AudioDataError(f"none of the {len(ids)} clips of this split is listed in '{p}' (e.g. '{ids[0]}'): "
-                             f"list relative paths or ids, one a line")
-    return [files[k] for k in keep], [ids[k] for k in keep]
-
-
-# ---------------------------------------------------------------------------------------- layouts
-
-def _ljspeech(root: Path, split: str, sample_rate: int):
-    """root/metadata.csv (id|text|normalized text) + root/wavs/<id>.wav; splits from root/splits/<split>.txt
-    (data_prep.ljspeech writes them), or every clip is "train" when there are none."""
-    if not (root / "metadata.csv").is_file() and (root / "LJSpeech-1.1" / "metadata.csv").is_file():
-        root = root / "LJSpeech-1.1"
-    meta = root / "metadata.csv"
-    if not meta.is_file() or not (root / "wavs").is_dir():
-        raise AudioDataError(
-            f"LJSpeech not found: expected '{meta}' and the folder '{root / 'wavs'}'. Download {LJSPEECH_URL} "
-            f"(2.6 GB) and extract it so that data.root is its LJSpeech-1.1 folder, e.g.: mkdir -p data && "
-            f"curl -L {LJSPEECH_URL} | tar xj -C data (then data.root = \"data/LJSpeech-1.1\")")
-    ids = []
-    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if "|" not in line or not line.split("|", 1)[0].strip():
-            raise AudioDataError(f"'{meta}' line {n} is not 'id|text|normalized text': {line[:80]!r}. "
-                                 f"Re-download {LJSPEECH_URL}")
-        ids.append(line.split("|", 1)[0].strip())
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise AudioDataError(f"'{meta}' lists the id '{dup}' more than once: keep one row per clip")
-    split_file = root / "splits" / f"{split}.txt"
-    if split_file.is_file():
-        known = set(ids)
-        listed = _read_list(split_file)
-        unknown = [i for i in listed if i not in known]
-        if unknown:
-            raise AudioDataError(f"'{split_file}' lists {len(unknown)} id(s) not in '{meta}', e.g. '{unknown[0]}': "
-                                 f"rewrite the splits with python -m data_prep.ljspeech --root {root}")
-        ids = listed
-    elif split != "train":
-        raise AudioDataError(f"no '{split_file}': the {split} split of an LJSpeech folder is written by "
-                             f"python -m data_prep.ljspeech --root {root}")
-    return [(root / "wavs" / f"{i}.wav", 0) for i in ids], ids, [root.resolve().name or "ljspeech"], 0
-
-
-def _is_audio(p: Path) -> bool:
-    return p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")
-
-
-def _audio_below(folder: Path) -> list[Path]:
-    out = []
-    for dirpath, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out += [Path(dirpath, n) for n in sorted(names) if _is_audio(Path(n))]
-    return out
-
-
-def _folder(root: Path, split: str, sample_rate: int):
-    """Audio files directly in root (one class) or in class subfolders (sorted names = labels 0..).
-    Splits: root/splits/<split>.txt (relative paths) if present, else by hashing each relative path:
-    ~5% "eval", ~5% "dev", the rest "train" (adding files never moves one across splits)."""
-    if not root.is_dir():
-        raise AudioDataError(f"audio folder '{root}' does not exist or is not a folder: set data.root to it")
-    loose = sorted(p for p in root.iterdir() if p.is_file() and _is_audio(p))
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _audio_below(d))
-    if loose and classes:
-        raise AudioDataError(f"'{root}' mixes {len(loose)} loose audio files (e.g. '{loose[0].name}') with class "
-                             f"subfolders ({', '.join(classes[:5])}): move the loose files into a subfolder")
-    files = [(p, 0) for p in loose] if not classes else \
-        [(p, y) for y, c in enumerate(classes) for p in _audio_below(root / c)]
-    if not files:
-        raise AudioDataError(f"no audio in '{root}': the folder layout reads {', '.join(AUDIO_EXTENSIONS)} files, "
-                             f"directly in the folder (one class) or in class subfolders")
-    ids = [p.relative_to(root).as_posix() for p, _ in files]
-    split_file = root / "splits" / f"{split}.txt"
-    if split_file.is_file():
-        wanted = set(_read_list(split_file))
-        keep = [k for k, i in enumerate(ids) if i in wanted]
-    else:
-        slot = {"eval": 0, "dev": 1}.get(split)
-        keep = [k for k, i in enumerate(ids) if (_hash(i) % 20 == slot if slot is not None else _hash(i) % 20 >= 2)]
-    if not keep:
-        raise AudioDataError(f"none of the {len(ids)} audio files in '{root}' is in the {split} split "
-                             f"({'listed in ' + str(split_file) if split_file.is_file() else 'chosen by hashing paths'}"
-                             f"): add files, or write root/splits/{split}.txt")
-    return [files[k] for k in keep], [ids[k] for k in keep], classes or [root.resolve().name or "audio"], 0
-
-
-def _sc09(root: Path, split: str, sample_rate: int):
-    """Speech Commands' ten digit words: root/<word>/<speaker>_nohash_<n>.wav; validation_list.txt
-    ("dev") and testing_list.txt ("eval") in root, "train" is the rest. Other words in the lists or
-    in root are ignored, so the full Speech Commands folder works as root too."""
-    have = [w for w in SC09_WORDS if (root / w).is_dir()]
-    if len(have) < len(SC09_WORDS):
-        missing = [w for w in SC09_WORDS if w not in have]
-        raise AudioDataError(
-            f"SC09 not found in '{root}': missing the word folder(s) {', '.join(missing)}. Download "
-            f"{SPEECH_COMMANDS_URL} (2.3 GB), extract it (mkdir -p data/speech_commands && curl -L "
-            f"{SPEECH_COMMANDS_URL} | tar xz -C data/speech_commands) and point data.root at it, or select the "
-            f"digits with python -m data_prep.sc09 --src data/speech_commands --out data/sc09")
-    lists = {}
-    for name, file in (("dev", "validation_list.txt"), ("eval", "testing_list.txt")):
-        if not (root / file).is_file():
-            raise AudioDataError(f"'{root / file}' is missing: SC09's dev and eval splits are defined by "
-                                 f"validation_list.txt and testing_list.txt, which come with Speech Commands "
-                                 f"(data_prep.sc09 copies them)")
-        lists[name] = {s for s in _read_list(root / file) if s.split("/", 1)[0] in SC09_WORDS}
-    files, ids = [], []
-    for y, w in enumerate(SC09_WORDS):
-        for p in _audio_below(root / w):
-            rel = p.relative_to(root).as_posix()
-            where = "dev" if rel in lists["dev"] else "eval" if rel in lists["eval"] else "train"
-            if where == split:
-                files.append((p, y))
-                ids.append(rel)
-    if not files:
-        raise AudioDataError(f"the {split} split of '{root}' is empty: check validation_list.txt and testing_list.txt")
-    return files, ids, list(SC09_WORDS), sample_rate  # clips of exactly one second

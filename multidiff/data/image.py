@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from .checks import warn_skipped
+
 SOURCES = ("digits", "folder", "cifar10")
 ON_ERROR = ("raise", "skip")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -293,12 +295,7 @@ def _validate(base: Path, files, cfg: ImageData):
                     break
             if len(good) == want:
                 break
-    if skipped:
-        first = "; ".join(f"'{p}' ({r})" for p, r in skipped[:3])
-        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s) in '{base}': {first}{more}. They are listed in "
-                      f"dataset.skipped; set data.on_error = \"raise\" to stop at the first one",
-                      stacklevel=4)  # 4: the line that called build_image_dataset
+    warn_skipped(skipped, f"unreadable image(s) in '{base}'", stacklevel=4)  # 4: who called build_image_dataset
     if not good:
         raise ImageDataError(f"all {len(skipped)} images in '{base}' are unreadable, e.g. '{skipped[0][0]}' "
                              f"({skipped[0][1]})")

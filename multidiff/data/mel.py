@@ -67,7 +67,7 @@ class MelConfig:
             bad(f"need 0 <= f_min < f_max <= sample_rate / 2 = {self.sample_rate / 2:g}, "
                 f"got f_min={self.f_min}, f_max={self.fmax}")
         if self.style == "hifigan" and (self.n_fft - self.hop_length) % 2:
-            bad(f"hifigan pads (n_fft - hop_length) / 2 on each side, so n_fft - hop_length must be even")
+            bad("hifigan pads (n_fft - hop_length) / 2 on each side, so n_fft - hop_length must be even")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -34,7 +34,6 @@ import json
 import math
 import os
 import re
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..utils import atomic_path
+from .checks import check_count, warn_skipped
 from .image import _hash, _in_test, _walk
 from .video_read import (VIDEO_EXTENSIONS, VideoDataError, _decode, _reason, _resize, _to_float,  # noqa: F401
                          read_video)
@@ -214,15 +214,10 @@ def _check_config(cfg: VideoData, split: str) -> None:
     def bad(msg):
         raise VideoDataError(f"[data] {msg}")
 
-    def count(name, low):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            bad(f"{name} must be an integer >= {low}, got {v!r}")
-
     if cfg.layout not in LAYOUTS:
         bad(f"unknown layout {cfg.layout!r}; choose one of: {', '.join(LAYOUTS)}")
     for name, low in (("frames", 1), ("frame_stride", 1), ("size", 1), ("clips_per_video", 1), ("max_items", 0)):
-        count(name, low)
+        check_count(cfg, name, low, VideoDataError)
     if isinstance(cfg.fps, bool) or not isinstance(cfg.fps, (int, float)) or not 0 <= cfg.fps < math.inf:
         bad(f"fps must be a number >= 0 (0 = use frame_stride), got {cfg.fps!r}")
     if cfg.fps > 0 and cfg.frame_stride != 1:
@@ -323,11 +318,7 @@ def _scan(cfg: VideoData, paths: list[Path], cache_dir: Path | None):
                     raise VideoDataError(f"cannot use video '{paths[j]}': {problem}. {fix}")
                 else:
                     skipped.append((str(paths[j]), problem))
-    if skipped:
-        first = "; ".join(f"'{p}' ({r})" for p, r in skipped[:3])
-        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        warnings.warn(f"skipped {len(skipped)} of {len(paths)} videos: {first}{more}. They are listed in "
-                      f"dataset.skipped; set data.on_error = \"raise\" to stop at the first one", stacklevel=4)
+    warn_skipped(skipped, f"of {len(paths)} videos", stacklevel=4)
     return lengths, caches, good, skipped
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inputs import check_concat, check_labels, check_timesteps
 from ..nn import Downsample, ResBlock, SelfAttention, TimestepEmbedding, Upsample, conv_nd, group_norm, zero_
 
 
@@ -136,32 +137,9 @@ class UNet2D(nn.Module):
         if H != cfg.image_size or W != cfg.image_size:
             raise ValueError(f"UNet2D expected {cfg.image_size}x{cfg.image_size} images, got {H}x{W}; "
                              f"set [model] image_size = {H} (square images) or resize the data")
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(B)
-        if t.shape != (B,):
-            raise ValueError(f"timesteps t must have shape [B] = [{B}], got {tuple(t.shape)}")
-        if y is not None:
-            if cfg.num_classes <= 0:
-                raise ValueError("labels y were given to an unconditional UNet2D; "
-                                 "set [model] num_classes > 0 to train a class-conditional model")
-            if y.shape != (B,) or y.dtype.is_floating_point or y.dtype == torch.bool:
-                raise ValueError(f"labels y must be integer class indices of shape [B] = [{B}], "
-                                 f"got {y.dtype} {tuple(y.shape)}")
-            if B and (int(y.min()) < 0 or int(y.max()) > cfg.num_classes):
-                raise ValueError(f"labels y must lie in [0, {cfg.num_classes}] ({cfg.num_classes} = the null label), "
-                                 f"got values in [{int(y.min())}, {int(y.max())}]; check [model] num_classes")
-        if cfg.extra_in_channels > 0:
-            want = (B, cfg.extra_in_channels, H, W)
-            if concat is None:
-                raise ValueError(f"this UNet2D has extra_in_channels = {cfg.extra_in_channels} and needs "
-                                 f"concat= of shape {want} (e.g. mask + masked image)")
-            if tuple(concat.shape) != want:
-                raise ValueError(f"concat must have shape {want}, got {tuple(concat.shape)}; "
-                                 f"check [model] extra_in_channels")
-        elif concat is not None:
-            raise ValueError("concat= was given but [model] extra_in_channels = 0; set it to the number of "
-                             f"extra channels ({concat.shape[1] if concat.ndim > 1 else '?'})")
+        t = check_timesteps(t, B, x.device)
+        check_labels(y, B, cfg.num_classes, "UNet2D")
+        check_concat(concat, (B, cfg.extra_in_channels, H, W), cfg.extra_in_channels, "UNet2D", "e.g. mask + masked image")
         return t.to(torch.float32)
 
 

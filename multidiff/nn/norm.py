@@ -47,7 +47,6 @@ class _GroupNormCL(torch.autograd.Function):
         cg, acc = C // groups, _acc(x.dtype)
         with torch.autocast(x.device.type, enabled=False):
             xv = _tokens(x)                                                  # [B, N, C]
-            n = xv.shape[1] * cg
 
             def group_mean(v):                                               # [B, N, C] -> [B, G]
                 return v.sum(1).to(acc).view(B, groups, cg).sum(-1) / (v.shape[1] * cg)

@@ -7,7 +7,6 @@ FID when eval.inception_weights points to local Inception-v3 weights.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
@@ -119,5 +118,5 @@ def markdown(result: dict) -> str:
                      + " | ".join(f"{r[k]:.3f}" for k in keys) + f" | {r['seconds_per_image']:.4f} |")
     if "real_test_vs_train" in result:
         f = result["real_test_vs_train"]
-        lines.append(f"| real test images | - | - | " + " | ".join(f"{f[k]:.3f}" for k in keys) + " | - |")
+        lines.append("| real test images | - | - | " + " | ".join(f"{f[k]:.3f}" for k in keys) + " | - |")
     return "\n".join(lines) + "\n"
