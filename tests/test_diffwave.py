@@ -13,13 +13,7 @@ import diffwave.model as lmnt_model  # noqa: E402  (the `bench` extra; CI instal
 import diffwave.params as lmnt_params  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is as fast, and immune to other processes holding the second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.py)
 
 
 TINY = dict(residual_channels=8, residual_layers=4, dilation_cycle=2, n_mels=6, hop_length=16)
@@ -194,6 +188,28 @@ def test_upsampler_for_hop_256_is_lmnts():
         assert torch.equal(ours(mel), ref(mel))
 
 
+@pytest.mark.parametrize("strides", [[16, 16], [15, 20], [4, 4], [7]])
+def test_upsampler_starts_as_linear_interpolation(strides):
+    """The default init passes the mel itself: linear interpolation reproduces constants and ramps
+    exactly (away from the two edge half-frames), so every layer's conditioner sees the mel from step 1."""
+    up, hop = SpectrogramUpsampler(strides), math.prod(strides)
+    frames = 9
+    centre = torch.arange(frames * hop, dtype=torch.float64) / hop - (hop - 1) / (2 * hop)  # in frame units
+    inner = slice(hop, (frames - 1) * hop)  # a full frame in from each edge
+    ramp = 0.2 + 0.05 * torch.arange(frames)  # positive, like lmnt's mels in [0, 1]
+    mel = torch.stack([torch.full((frames,), 0.7), ramp])[None].float()  # [1, 2 bins, frames]
+    with torch.no_grad():
+        out = up(mel)[0].double()
+    torch.testing.assert_close(out[0, inner], torch.full_like(out[0, inner], 0.7), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[1, inner], 0.2 + 0.05 * centre[inner], atol=1e-6, rtol=0)
+    # PyTorch's default init (what lmnt trains from) scales the mel down by orders of magnitude
+    speech_like = torch.rand(1, 80, frames, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        passed = SpectrogramUpsampler(strides)(speech_like)[..., inner].std()
+        lmnt = SpectrogramUpsampler(strides, init="lmnt")(speech_like)[..., inner].std()
+    assert passed > 0.2 and lmnt < passed / 4
+
+
 def test_bf16_path_is_as_accurate_as_autocast_on_the_module_path():
     m = randomize(DiffWave(**{**TINY, "residual_layers": 10, "residual_channels": 16, "dilation_cycle": 5}))
     x, t, mel = rand(2, 1, 256) * 0.5, torch.tensor([4.0, 30.5]), rand(2, 6, 16, seed=1)
@@ -300,6 +316,7 @@ def test_plain_state_dict_and_safetensors(tmp_path):
     (dict(hop_length=256, upsample_strides=[16, 8]), r"product is hop_length = 256 \(got 128\)"),
     (dict(residual_channels=0), "residual_channels must be a positive integer"),
     (dict(max_steps=1), "max_steps must be >= 2"),
+    (dict(upsampler_init="zeros"), "upsampler_init must be 'interpolate' or 'lmnt'"),
 ])
 def test_config_errors(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -319,7 +336,7 @@ def test_input_errors():
         m(x[:, 0], t, mel=rand(1, 6, 4))
     with pytest.raises(ValueError, match=r"t must lie in \[0, 49\]"):
         m(x, torch.tensor([49.5]), mel=rand(1, 6, 4))
-    with pytest.raises(ValueError, match="num_classes = 0"):
+    with pytest.raises(ValueError, match=r"unconditional DiffWave; set \[model\] num_classes > 0"):
         m(x, t, mel=rand(1, 6, 4), y=torch.tensor([0]))
     u = DiffWave(**{**TINY, "n_mels": 0})
     with pytest.raises(ValueError, match="unconditional DiffWave"):

@@ -4,9 +4,11 @@ The architecture and parameter names are those of lmnt-com/diffwave, so its chec
 as they are (`load_lmnt_checkpoint`): an input 1x1 conv, residual layers of a dilated conv
 (kernel 3, dilation 2**(i % cycle)) + per-layer mel conditioner, a tanh*sigmoid gate and a 1x1
 conv split into residual and skip halves, the skips summed and scaled by 1/sqrt(layers), and a
-zero-initialised output conv. Two things are generalised: the mel upsampler is derived from
-the hop (transposed convs whose strides multiply to hop_length), and an optional class /
-speaker label embedding is added to the step embedding.
+zero-initialised output conv. Three things differ, none in the parameters: the mel upsampler is
+derived from the hop (transposed convs whose strides multiply to hop_length); it starts as linear
+interpolation instead of PyTorch's default init, so the mel reaches every layer from the first
+step (with the default init a run of minutes learns to ignore the mel; `upsampler_init = "lmnt"`
+restores it); and an optional class / speaker label embedding is added to the step embedding.
 
 Two code paths, one set of weights:
 * the module path (autograd; training) runs the layers as written above;
@@ -30,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inputs import check_labels, check_timesteps
+
 MAX_DERIVED_STRIDE = 32
 EMBED_DIM = 512
 
@@ -45,6 +49,7 @@ class DiffWaveConfig:
     upsample_strides: list[int] = field(default_factory=list)  # explicit factorisation of hop_length
     num_classes: int = 0             # > 0: label embedding; label num_classes is the null label
     max_steps: int = 50              # training T: rows of the step-embedding table
+    upsampler_init: str = "interpolate"  # or "lmnt" (PyTorch's default init); see SpectrogramUpsampler
 
 
 BASE = dict(residual_channels=64, residual_layers=30, dilation_cycle=10)
@@ -118,20 +123,44 @@ class SpectrogramUpsampler(nn.Module):
     """[B, n_mels, frames] -> [B, n_mels, frames * prod(strides)]: ConvTranspose2d (kernel 3 over mel
     bins) + leaky ReLU(0.4) per stride, as lmnt's. Even stride s: kernel 2s, padding s/2 (lmnt's
     [3, 32] / [1, 8] for 16); odd s: kernel 2s + 1, padding (s + 1)/2. Either way each layer's
-    output is exactly `stride` times longer than its input."""
+    output is exactly `stride` times longer than its input.
 
-    def __init__(self, strides: list[int]):
+    init = "interpolate" (default) starts each layer as linear interpolation along time: a
+    triangular kernel on the centre mel bin, zero elsewhere and zero bias, so the layers receive the
+    mel itself from the first step. PyTorch's default init ("lmnt", what lmnt trains from) passes
+    the mel scaled by ~1e-2 with a random comb across each frame: the conditioner then needs far
+    more steps than a CPU budget has before it carries any signal (recipes/diffwave_espeak/README.md).
+    Same parameters either way, so checkpoints load into both."""
+
+    def __init__(self, strides: list[int], init: str = "interpolate"):
         super().__init__()
+        if init not in ("interpolate", "lmnt"):
+            raise ValueError(f"[model] upsampler_init must be 'interpolate' or 'lmnt', got {init!r}")
         self.strides = list(strides)
         for i, s in enumerate(self.strides):
             k, p = (2 * s, s // 2) if s % 2 == 0 else (2 * s + 1, (s + 1) // 2)
-            self.add_module(f"conv{i + 1}", nn.ConvTranspose2d(1, 1, [3, k], stride=[1, s], padding=[1, p]))
+            conv = nn.ConvTranspose2d(1, 1, [3, k], stride=[1, s], padding=[1, p])
+            if init == "interpolate":
+                with torch.no_grad():
+                    conv.weight.zero_()
+                    conv.weight[0, 0, 1] = _interpolation_kernel(s)
+                    conv.bias.zero_()
+            self.add_module(f"conv{i + 1}", conv)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         x = mel.unsqueeze(1)
         for i in range(len(self.strides)):
             x = F.leaky_relu(getattr(self, f"conv{i + 1}")(x), 0.4)
         return x.squeeze(1)
+
+
+def _interpolation_kernel(s: int) -> torch.Tensor:
+    """The transposed-conv kernel (length 2s, or 2s + 1 for odd s, with the padding above) that
+    linearly interpolates between frame centres: a triangle of half-width s centred where an
+    output sample sits at the centre of its frame. Any output's two taps sum to 1."""
+    k = torch.arange(2 * s if s % 2 == 0 else 2 * s + 1, dtype=torch.float64)
+    centre = s - 0.5 if s % 2 == 0 else float(s)
+    return (1 - (k - centre).abs() / s).clamp_min(0).float()
 
 
 # ---- diffusion-step embedding --------------------------------------------------------------
@@ -201,7 +230,7 @@ class DiffWave(nn.Module):
         self.input_projection = _conv1d(1, C, 1)
         self.diffusion_embedding = DiffusionEmbedding(cfg.max_steps)
         self.label_embedding = nn.Embedding(cfg.num_classes + 1, EMBED_DIM) if cfg.num_classes > 0 else None
-        self.spectrogram_upsampler = SpectrogramUpsampler(upsample_strides(cfg)) if cfg.n_mels > 0 else None
+        self.spectrogram_upsampler = SpectrogramUpsampler(upsample_strides(cfg), cfg.upsampler_init) if cfg.n_mels > 0 else None
         self.residual_layers = nn.ModuleList(
             ResidualBlock(cfg.n_mels, C, 2 ** (i % cfg.dilation_cycle)) for i in range(cfg.residual_layers))
         self.skip_projection = _conv1d(C, C, 1)
@@ -241,11 +270,7 @@ class DiffWave(nn.Module):
         if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1] != 1:
             raise ValueError(f"DiffWave takes waveforms [B, 1, L], got {getattr(x, 'shape', type(x))}")
         B, _, L = x.shape
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(B)
-        if t.shape != (B,):
-            raise ValueError(f"timesteps t must have shape [B] = [{B}], got {tuple(t.shape)}")
+        t = check_timesteps(t, B, x.device)
         if B and (float(t.min()) < 0 or float(t.max()) > cfg.max_steps - 1):
             raise ValueError(f"timesteps t must lie in [0, {cfg.max_steps - 1}] (the model's step-embedding "
                              f"table, [model] max_steps = {cfg.max_steps}), got [{float(t.min())}, {float(t.max())}]")
@@ -262,15 +287,7 @@ class DiffWave(nn.Module):
                                  f"frames * hop samples (or check [model] hop_length against the data's hop)")
         elif mel is not None:
             raise ValueError("mel= was given to an unconditional DiffWave ([model] n_mels = 0)")
-        if y is not None:
-            if cfg.num_classes <= 0:
-                raise ValueError("labels y were given but [model] num_classes = 0")
-            if y.shape != (B,) or y.dtype.is_floating_point or y.dtype == torch.bool:
-                raise ValueError(f"labels y must be integer class indices of shape [B] = [{B}], "
-                                 f"got {y.dtype} {tuple(y.shape)}")
-            if B and (int(y.min()) < 0 or int(y.max()) > cfg.num_classes):
-                raise ValueError(f"labels y must lie in [0, {cfg.num_classes}] ({cfg.num_classes} = the null label), "
-                                 f"got [{int(y.min())}, {int(y.max())}]")
+        check_labels(y, B, cfg.num_classes, "DiffWave")
         return t if t.dtype in (torch.int32, torch.int64) else t.to(torch.float32)
 
 
@@ -285,6 +302,8 @@ def _check(cfg: DiffWaveConfig) -> DiffWaveConfig:
             raise ValueError(f"[model] {key} must be an integer >= 0, got {v!r}")
     if cfg.max_steps < 2:
         raise ValueError(f"[model] max_steps must be >= 2 (the training T), got {cfg.max_steps}")
+    if cfg.upsampler_init not in ("interpolate", "lmnt"):
+        raise ValueError(f"[model] upsampler_init must be 'interpolate' or 'lmnt', got {cfg.upsampler_init!r}")
     if cfg.n_mels > 0:
         upsample_strides(cfg)  # raises a clear error for a hop it cannot build
     cfg.upsample_strides = [int(s) for s in cfg.upsample_strides]
