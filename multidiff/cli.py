@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = i.add_mutually_exclusive_group()
     g.add_argument("--mask", help="mask PNG: white = region to fill, black = keep")
     g.add_argument("--mask-kind", help="a generated mask: center, left, right, top, bottom, box, strokes")
-    i.add_argument("--method", choices=("repaint", "replace", "conditioned"),
+    i.add_argument("--method", choices=("repaint", "replace", "reconstruction", "conditioned"),
                    help="default: repaint for images, conditioned for a frame-conditioned video run, else replace")
     i.add_argument("--steps", type=int, help="sampling steps (default: the run's [inpaint] setting)")
     i.add_argument("--seed", type=int, default=0)

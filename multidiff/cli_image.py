@@ -1,7 +1,6 @@
 """`multidiff sample` and `multidiff inpaint` for image runs."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -10,7 +9,7 @@ from .cli_common import sample_settings
 from .data.image import load_image, save_image_grid
 from .data.masks import MASK_KINDS, load_mask, make_mask
 from .recipes import image, latent, registry
-from .recipes.image_inpainting import inpaint, load_for_inpaint, sub_sections
+from .recipes.image_inpainting import inpaint, load_for_inpaint, sub_sections, with_steps
 from .recipes.run import load_run
 from .train.distributed import DistInfo
 from .train.precision import resolve_precision
@@ -67,8 +66,7 @@ def inpaint_command(args) -> int:
             raise ValueError(f"--mask-kind must be one of {', '.join(k for k in MASK_KINDS if k != 'mixture')}")
         mask = make_mask(args.mask_kind, size, torch.Generator().manual_seed(args.seed))[None]
     if args.steps:
-        cfg = dataclasses.replace(cfg, repaint_steps=args.steps, replace_steps=args.steps,
-                                  conditioned_steps=args.steps)
+        cfg = with_steps(cfg, args.steps)
     dev = _device()
     bf16, gen = resolve_precision(args.precision, dev), torch.Generator().manual_seed(args.seed)
     if sections["recipe"].kind == "latent":  # fill in latent space, decode, keep the known pixels

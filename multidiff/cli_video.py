@@ -1,7 +1,6 @@
 """`multidiff sample` and `multidiff inpaint` for video runs (kinds video and video_prediction)."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from .data.frame_masks import frames_mask, parse_known_frames
 from .data.video import read_video, save_video_grid, write_video
 from .recipes import registry, video
 from .recipes.run import load_run
+from .recipes.image_inpainting import with_steps
 from .recipes.video_prediction import PredictConfig, plain_model
 from .train.config import ConfigError
 from .train.precision import resolve_precision
@@ -60,7 +60,7 @@ def _model_for(run_dir: Path, method: str):
     if method == "conditioned":
         if not conditioned:
             raise ConfigError(f"--method conditioned needs a frame-conditioned run (a video_prediction recipe); "
-                              f"'{run_dir}' holds a plain video model: use --method replace or repaint")
+                              f"'{run_dir}' holds a plain video model: use --method replace, repaint or reconstruction")
         codec = video.codec_of(sections)
         return sections, video.load_trained(run_dir, sections, codec)[0], cfg, codec
     if conditioned:
@@ -92,7 +92,7 @@ def inpaint_command(args) -> int:
     known = torch.zeros(1, d.channels, T, d.size, d.size)
     known[:, :, :clip.shape[1]] = clip  # frames past the input's end are generated (never read)
     if args.steps:
-        cfg = dataclasses.replace(cfg, repaint_steps=args.steps, replace_steps=args.steps, conditioned_steps=args.steps)
+        cfg = with_steps(cfg, args.steps)
     dev = _device()
     x = video.complete(method, sections, model, known, frames_mask(known_idx, T), cfg, dev,
                        resolve_precision(args.precision, dev), torch.Generator().manual_seed(args.seed), codec)

@@ -1,5 +1,6 @@
 """Recipe configs: strict sections, typed overrides, resolved config round trip."""
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,23 @@ def test_override_values_are_toml():
     assert parse_override("a.b=true") == ("a", "b", True)
     assert parse_override("a.b=hello") == ("a", "b", "hello")
     assert parse_override('a.b="x=y"') == ("a", "b", "x=y")
+
+
+def test_stage_hash_of_one_field_ignores_the_rest_of_its_section():
+    """A stage that reads one key (the mask-conditioned model reads inpaint.train_masks) must not rerun
+    when another key of that section changes (adding an evaluation method)."""
+    from multidiff.recipes.run import section_hash
+
+    root = Path(__file__).parent.parent / "recipes/image_inpainting_digits"
+    base = load_recipe(root, [], registry.schemas())[1]
+    methods = load_recipe(root, ['inpaint.methods=["replace"]'], registry.schemas())[1]
+    masks = load_recipe(root, ['inpaint.train_masks=["box"]'], registry.schemas())[1]
+    deps = ["data", "model", "inpaint.train_masks"]
+    assert section_hash(base, deps) == section_hash(methods, deps) != section_hash(masks, deps)
+    assert section_hash(base, ["inpaint"]) != section_hash(methods, ["inpaint"])
+    # whole sections hash as before dotted names existed (finished stages of old runs stay finished)
+    import hashlib
+
+    from multidiff.train.config import to_toml
+    old = hashlib.sha256(to_toml({"data": base["data"], "model": base["model"]}).encode()).hexdigest()[:16]
+    assert section_hash(base, ["data", "model", "missing"]) == old

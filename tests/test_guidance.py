@@ -1,8 +1,8 @@
-"""Classifier-free guidance and masked generation (replacement and RePaint) for any shape."""
+"""Classifier-free guidance and masked generation (replacement, RePaint, reconstruction guidance) for any shape."""
 import pytest
 import torch
 
-from multidiff.core import SAMPLERS, Denoiser, GuidedModel, repaint_schedule, sample
+from multidiff.core import SAMPLERS, Denoiser, GuidedModel, ReconstructionGuided, repaint_schedule, sample
 
 from conftest import noise, oracle
 
@@ -133,12 +133,93 @@ def test_repaint_harmonises_better_than_plain_replacement(linear):
         assert err(rp) < 0.6 * err(plain), (sampler, err(rp), err(plain))
 
 
+class CorrelatedGaussian(torch.nn.Module):
+    """The exact x0 estimator for x0 ~ N(0, S), S = [[1, rho], [rho, 1]] over the last axis:
+    E[x0 | z] = A z with A = alpha S (alpha^2 S + sigma^2 I)^-1, linear in z."""
+
+    def __init__(self, sched, rho):
+        super().__init__()
+        self.sched, self.S = sched, torch.tensor([[1.0, rho], [rho, 1.0]], dtype=torch.float64)
+
+    def A(self, t) -> torch.Tensor:
+        """[len(t), 2, 2]"""
+        ab = self.sched.alpha_bar_at(torch.as_tensor(t, dtype=torch.float64).reshape(-1)).view(-1, 1, 1)
+        return ab.sqrt() * self.S @ torch.linalg.inv(ab * self.S + (1 - ab) * torch.eye(2, dtype=torch.float64))
+
+    def forward(self, x, t):
+        return (x.double() @ self.A(t).transpose(1, 2)).to(x.dtype)
+
+
+def test_reconstruction_guidance_matches_its_closed_form_in_vp_and_ve_views(linear):
+    """Linear estimator x0 = A z: grad_z ||k - (A z)_a||^2 = -2 A_a (k - (A z)_a), so the guided
+    unknown entry is x0_b + w alpha A_ab (k - x0_a); the known entry is left alone."""
+    model, w, k, t = CorrelatedGaussian(linear, 0.8), 3.0, 1.5, 400.0
+    mask = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)
+    known = torch.tensor([[[k, 0.0]]], dtype=torch.float64)
+    z = noise(1, 1, 2)
+    ab = float(linear.alpha_bar_at(torch.tensor([t], dtype=torch.float64)))
+    A = model.A(t)[0]
+    x0 = z[0, 0] @ A.T
+    want = x0.clone()
+    want[1] += w * ab ** 0.5 * A[0, 1] * (k - x0[0])
+    rg = ReconstructionGuided(Denoiser(model, linear, "x0"), mask, known, w)
+    est = rg.vp(z, torch.tensor([t]), ab)
+    torch.testing.assert_close(est.x0[0, 0], want, rtol=1e-6, atol=1e-8)  # t reaches the model as float32
+    torch.testing.assert_close(est.eps, (z - ab ** 0.5 * est.x0) / (1 - ab) ** 0.5)  # a consistent pair
+    sigma_ve = ((1 - ab) / ab) ** 0.5  # the same state in VE coordinates: x = z / alpha
+    torch.testing.assert_close(rg(z / ab ** 0.5, sigma_ve, torch.tensor([t]))[0, 0], want, rtol=1e-6, atol=1e-8)  # t reaches the model as float32
+
+
+def test_reconstruction_guidance_reaches_through_the_sampling_wrapper_and_refuses_a_no_grad_model(linear):
+    """The recipes wrap nets in InferenceModel; its forward must let the guidance's backward through
+    (it once ran under no_grad, which left only x0's identity path: guidance silently did nothing)."""
+    from multidiff.train.precision import InferenceModel
+
+    model = CorrelatedGaussian(linear, 0.8)
+    mask, known = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64), torch.ones(1, 1, 2, dtype=torch.float64)
+    z, t = noise(1, 1, 2), torch.tensor([400.0])
+    wrapped = Denoiser(InferenceModel(model, torch.device("cpu"), bf16=False), linear, "x0")
+    guided = ReconstructionGuided(wrapped, mask, known, 3.0).vp(z.float(), t, 0.5).x0
+    plain = wrapped.vp(z.float(), t, 0.5).x0
+    assert (guided - plain)[..., 1].abs().item() > 1e-3 and torch.equal(guided[..., 0], plain[..., 0])
+
+    class NoGrad(torch.nn.Module):
+        @torch.no_grad()
+        def forward(self, x, t):
+            return model(x, t)
+    with pytest.raises(ValueError, match="needs gradients through the model"):
+        ReconstructionGuided(Denoiser(NoGrad(), linear, "x0"), mask, known, 3.0).vp(z, t, 0.5)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_reconstruction_guidance_harmonises_better_than_plain_replacement(linear, sampler):
+    """Strongly correlated data, first entry known: replacement leaves the second entry's samples
+    too loosely tied to the known one; reconstruction guidance pulls them toward the exact
+    conditional, E[x_b | x_a = k] = rho k, with the conditional spread sqrt(1 - rho^2)."""
+    rho, n = 0.95, 2000
+    model = CorrelatedGaussian(linear, rho)
+    known = torch.zeros(n, 1, 2, dtype=torch.float64)
+    known[..., 0] = torch.linspace(-1.5, 1.5, n, dtype=torch.float64).view(-1, 1)
+    mask = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)
+    den = Denoiser(model, linear, "x0")
+    err = lambda x: (x[..., 1] - rho * known[..., 0]).pow(2).mean().item()  # noqa: E731
+    kw = dict(steps=25, mask=mask, known=known)
+    plain = err(sample(den, noise(n, 1, 2), sampler, generator=torch.Generator().manual_seed(0), **kw))
+    guided = err(sample(den, noise(n, 1, 2), sampler, reconstruction=2.0, generator=torch.Generator().manual_seed(0),
+                        **kw))
+    exact = 1 - rho ** 2  # the conditional variance: the error of perfect conditional samples
+    # measured: ddim 0.41 -> 0.11, dpmpp_2m 0.46 -> 0.22 (exact 0.0975)
+    assert guided < 0.6 * plain and guided > 0.8 * exact, (plain, guided, exact)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(mask=torch.ones(2, 1, 4)), "needs both"),
     (dict(mask=torch.ones(2, 1, 5), known=torch.zeros(2, 1, 4)), "does not broadcast"),
     (dict(mask=torch.full((2, 1, 4), 0.5), known=torch.zeros(2, 1, 4)), "binary"),
     (dict(mask=torch.ones(2, 1, 4), known=torch.zeros(2, 1, 3)), "`known` has shape"),
     (dict(mask=torch.ones(2, 1, 4), known=torch.zeros(2, 1, 4), repaint=(2, 2), sampler="heun"), "RePaint"),
+    (dict(reconstruction=1.0), "reconstruction guidance needs `mask` and `known`"),
+    (dict(mask=torch.ones(2, 1, 4), known=torch.zeros(2, 1, 4), reconstruction=0.0), "weight must be > 0"),
 ])
 def test_bad_mask_input(linear, kwargs, match):
     kwargs = {"sampler": "ddim", **kwargs}

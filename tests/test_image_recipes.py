@@ -96,21 +96,22 @@ def folder_run(tmp_path_factory):
     cli("train", ROOT / "recipes/image_inpainting_folder", "--out", run, f"data.root={root}", "data.size=16",
         "model.image_size=16", *TINY, "model.attention_resolutions=[8]", "train.num_workers=0",
         "inpaint.eval_n=3", "inpaint.repaint_steps=6", "inpaint.jump_length=2", "inpaint.jump_n_sample=2",
-        "inpaint.replace_steps=4", "inpaint.conditioned_steps=3", "inpaint.ssim_window=7")
+        "inpaint.replace_steps=4", "inpaint.reconstruction_steps=3", "inpaint.conditioned_steps=3",
+        "inpaint.ssim_window=7")
     return run, root
 
 
-def test_inpainting_recipe_compares_three_methods(folder_run):
+def test_inpainting_recipe_compares_four_methods(folder_run):
     run, _ = folder_run
     ev = json.loads((run / "eval.json").read_text())
     assert {(r["mask"], r["method"]) for r in ev["rows"]} == {
-        (m, k) for m in ("center", "box", "strokes", "left") for k in ("repaint", "replace", "conditioned")}
+        (m, k) for m in ("center", "box", "strokes", "left") for k in ("repaint", "replace", "reconstruction", "conditioned")}
     assert all(np.isfinite(r["psnr_filled"]) for r in ev["rows"])
     assert (run / "samples/inpainting.png").exists()
     assert (run / "unconditional/config.toml").exists() and (run / "conditioned/checkpoints").is_dir()
 
 
-@pytest.mark.parametrize("method", ["repaint", "replace", "conditioned"])
+@pytest.mark.parametrize("method", ["repaint", "replace", "reconstruction", "conditioned"])
 def test_inpaint_command_keeps_the_known_pixels(folder_run, tmp_path, method):
     run, root = folder_run
     image = next(root.glob("class_*/img_*.png"))

@@ -91,7 +91,7 @@ def _inpaint_keeps_known_pixels(run, method, tmp_path):
     assert np.abs(out[keep] - src[keep]).max() <= 1
 
 
-@pytest.mark.parametrize("method", ["repaint", "replace"])
+@pytest.mark.parametrize("method", ["repaint", "replace", "reconstruction"])
 def test_inpaint_command_in_latent_space(runs, tmp_path, method):
     _inpaint_keeps_known_pixels(runs[1], method, tmp_path)
 

@@ -84,12 +84,13 @@ def test_prediction_recipe_trains_its_plain_model_first_and_compares_methods(vid
     over = tiny(video_run) + [f"predict.unconditional_run={plain_run}", f"predict.unconditional_recipe={plain}",
                               "predict.eval_n=4", "predict.batch=4", "predict.replace_steps=2",
                               "predict.repaint_steps=2", "predict.conditioned_steps=2", "predict.jump_length=1",
+                              "predict.reconstruction_steps=2",
                               "predict.jump_n_sample=2", 'predict.tasks=["prefix:2", "ends", "0,2"]']
     cli("train", ROOT / "recipes/video_prediction_moving_digits", "--out", run, *over)
     assert (plain_run / "stages/train.json").is_file() and not (plain_run / "stages/evaluate.json").exists()
     ev = json.loads((run / "eval.json").read_text())
     assert [(r["task"], r["method"]) for r in ev["rows"]] == [
-        (t, m) for t in ("prefix:2", "ends", "0,2") for m in ("conditioned", "replace", "repaint")]
+        (t, m) for t in ("prefix:2", "ends", "0,2") for m in ("conditioned", "replace", "repaint", "reconstruction")]
     assert all(r["psnr"] > 0 and -1 <= r["ssim"] <= 1 and 0 <= r["label_accuracy"] <= 1 for r in ev["rows"])
     assert (run / "samples/prediction.png").is_file() and (run / "samples/prediction.gif").is_file()
     # the CLI finds the plain model of a prediction run for replacement sampling

@@ -86,7 +86,7 @@ class Denoiser:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the model returned {got}, but its output must have the input's shape {tuple(x_vp.shape)}")
         # one reduction: NaN and inf both survive a sum
-        if not math.isfinite(float(out.sum())):
+        if not math.isfinite(float(out.detach().sum())):
             raise ValueError(
                 f"the model returned NaN/inf at timestep t={t[0].item():.4g}; check the weights "
                 "(a diverged checkpoint?) and the input range ([-1, 1] data)")

@@ -11,7 +11,7 @@ import math
 import torch
 
 from .denoiser import Denoiser
-from .guidance import GuidedModel, check_mask, known_region_projection, repaint as repaint_loop
+from .guidance import GuidedModel, ReconstructionGuided, check_mask, known_region_projection, repaint as repaint_loop
 from .samplers import DDPM_VARIANCES, SAMPLER_FNS, SAMPLERS, VE_SAMPLERS, ve_sigmas
 
 ETA_SAMPLERS = ("ddim", "euler_ancestral")
@@ -23,7 +23,8 @@ def sample(den: Denoiser, noise: torch.Tensor, sampler: str = "ddim", steps: int
            variance: str = "beta", generator: torch.Generator | None = None, clip_x0: float | None = None,
            cond: dict | None = None, guidance_scale: float = 1.0, uncond: dict | None = None,
            mask: torch.Tensor | None = None, known: torch.Tensor | None = None,
-           repaint: tuple[int, int] | None = None, callback=None, progress: bool = False) -> torch.Tensor:
+           repaint: tuple[int, int] | None = None, reconstruction: float | None = None, callback=None,
+           progress: bool = False) -> torch.Tensor:
     """Generate data from `noise` ~ N(0, I) of the output's shape [B, C, *dims].
 
     sampler:   ddpm | ddim | euler | euler_ancestral | heun | dpmpp_2m
@@ -34,7 +35,8 @@ def sample(den: Denoiser, noise: torch.Tensor, sampler: str = "ddim", steps: int
     clip_x0:   clamp every clean estimate to [-clip_x0, clip_x0]
     cond / guidance_scale / uncond: model kwargs; classifier-free guidance when scale != 1
     mask / known: masked generation (mask 1 = known); `repaint=(jump_length, jump_n_sample)` adds
-               RePaint resampling (ddpm/ddim)
+               RePaint resampling (ddpm/ddim); `reconstruction=w` adds reconstruction guidance of
+               weight w (Ho et al. 2022; any sampler; a backward pass per model call)
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
@@ -58,7 +60,12 @@ def sample(den: Denoiser, noise: torch.Tensor, sampler: str = "ddim", steps: int
     project = None
     if mask is not None or known is not None:
         mask, known = check_mask(mask, known, noise.shape)
-        project = known_region_projection(mask.to(noise.device), known.to(noise.device, noise.dtype), generator)
+        mask, known = mask.to(noise.device, noise.dtype), known.to(noise.device, noise.dtype)
+        project = known_region_projection(mask, known, generator)
+        if reconstruction is not None:
+            den = ReconstructionGuided(den, mask, known, reconstruction)
+    elif reconstruction is not None:
+        raise ValueError("reconstruction guidance needs `mask` and `known`")
     common = dict(generator=generator, cond=cond, callback=callback, progress=progress)
 
     if repaint is not None:

@@ -158,8 +158,9 @@ def levels_kwargs(sections: dict, steps: int) -> dict:
 
 def generate_audio(sections: dict, model, n_samples: int, mel: torch.Tensor | None, steps: int, device, bf16: bool,
                    generator: torch.Generator, sampler: str = "ddpm", mask=None, known=None,
-                   labels=None, batch: int = 1) -> torch.Tensor:
-    """[B, 1, n_samples] waveforms: vocoded from `mel` [B, n_mels, frames], or unconditional (B = batch)."""
+                   labels=None, batch: int = 1, **masked) -> torch.Tensor:
+    """[B, 1, n_samples] waveforms: vocoded from `mel` [B, n_mels, frames], or unconditional (B = batch).
+    `masked`: sample()'s repaint= / reconstruction= for filling the mask == 0 part of `known`."""
     B = mel.shape[0] if mel is not None else (known.shape[0] if known is not None else batch)
     cond = {}
     if mel is not None:
@@ -169,7 +170,7 @@ def generate_audio(sections: dict, model, n_samples: int, mel: torch.Tensor | No
     noise = torch.randn(B, 1, n_samples, generator=generator)
     kw = {"variance": "posterior"} if sampler == "ddpm" else {}
     x = sample(denoiser(sections, model, device, bf16), noise, sampler, generator=generator, cond=cond or None,
-               mask=mask, known=known, **levels_kwargs(sections, steps), **kw)
+               mask=mask, known=known, **levels_kwargs(sections, steps), **kw, **masked)
     return x.clamp(-1, 1)
 
 

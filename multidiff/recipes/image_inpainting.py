@@ -20,7 +20,7 @@ from ..utils import write_json, write_text
 from . import image
 from .run import Run, save_resolved
 
-METHODS = ("repaint", "replace", "conditioned")
+METHODS = ("repaint", "replace", "reconstruction", "conditioned")
 
 
 @dataclass
@@ -36,6 +36,9 @@ class InpaintConfig:
     jump_n_sample: int = 5
     replace_sampler: str = "ddpm"     # plain known-region replacement, no resampling
     replace_steps: int = 50
+    reconstruction_sampler: str = "ddpm"  # replacement + reconstruction guidance (Ho et al. 2022)
+    reconstruction_steps: int = 50
+    reconstruction_weight: float = 20.0
     conditioned_sampler: str = "dpmpp_2m"
     conditioned_steps: int = 20
     ssim_window: int = 7
@@ -84,6 +87,9 @@ def inpaint(method: str, sections: dict, model, known: torch.Tensor, mask: torch
                                                                                     cfg.jump_n_sample), **kw)
     elif method == "replace":
         x = sample(den, noise, cfg.replace_sampler, steps=cfg.replace_steps, **kw)
+    elif method == "reconstruction":
+        x = sample(den, noise, cfg.reconstruction_sampler, steps=cfg.reconstruction_steps,
+                   reconstruction=cfg.reconstruction_weight, **kw)
     else:
         concat = torch.cat([mask, known * mask], 1)
         assert concat.shape[1] == C + 1
@@ -103,7 +109,8 @@ def run_recipe(run: Run, dist, resume: bool) -> None:
             save_resolved(sub_dir, sub)
         masks = run["inpaint"].train_masks if conditioned else None
         sub_run = Run(sub_dir, sub, run.log, run.main)
-        run.stage(f"train_{name}", ["data", "model", "diffusion", "train"] + (["inpaint"] if conditioned else []),
+        deps = ["data", "model", "diffusion", "train"] + (["inpaint.train_masks"] if conditioned else [])
+        run.stage(f"train_{name}", deps,
                   lambda: image.train(sub_run, dist, resume, mask_kinds=masks))
     if dist.is_main:
         run.stage("evaluate", ["data", "model", "diffusion", "train", "inpaint"], lambda: evaluate(run, dist))
@@ -167,6 +174,11 @@ def markdown(rows) -> str:
         lines.append(f"| {r['mask']} | {r['method']} | {r['psnr_filled']:.2f} | {r['ssim_filled']:.3f} |"
                      + (f" {r['label_agreement']:.3f} |" if has_labels else "") + f" {r['seconds_per_image']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def with_steps(cfg, steps: int):
+    """cfg ([inpaint] or [predict]) with every method's sampling steps set to `steps` (--steps)."""
+    return dataclasses.replace(cfg, **{f.name: steps for f in dataclasses.fields(cfg) if f.name.endswith("_steps")})
 
 
 def load_for_inpaint(run_dir: Path, method: str, schemas) -> tuple[dict, torch.nn.Module, InpaintConfig]:

@@ -24,7 +24,18 @@ class RecipeInfo:
 
 
 def section_hash(sections: dict, names) -> str:
-    return hashlib.sha256(to_toml({n: sections[n] for n in names if n in sections}).encode()).hexdigest()[:16]
+    """A hash of the named config sections; "section.key" names one field only (a stage that reads
+    just that field does not rerun when the rest of its section changes)."""
+    parts = {}
+    for n in names:
+        sec, _, key = n.partition(".")
+        if sec not in sections:
+            continue
+        if key:
+            parts.setdefault(sec, {})[key] = getattr(sections[sec], key)
+        else:
+            parts[sec] = sections[sec]
+    return hashlib.sha256(to_toml(parts).encode()).hexdigest()[:16]
 
 
 class Run:

@@ -31,7 +31,7 @@ from ..utils import write_json, write_text
 from . import video
 from .run import Run, load_recipe, load_run, save_resolved
 
-METHODS = ("conditioned", "replace", "repaint")
+METHODS = ("conditioned", "replace", "repaint", "reconstruction")
 
 
 @dataclass
@@ -51,6 +51,9 @@ class PredictConfig:
     repaint_steps: int = 25
     jump_length: int = 5
     jump_n_sample: int = 3
+    reconstruction_sampler: str = "ddpm"
+    reconstruction_steps: int = 50
+    reconstruction_weight: float = 10.0
     ssim_window: int = 7
     seed: int = 2
 
@@ -117,7 +120,7 @@ def evaluate(run: Run, dist) -> dict:
         clf = frame_classifier(run, *real_clips(build_video_dataset(run["data"], "train")))
     codec = video.codec_of(run.sections, dist.device, bf16)
     models = {"conditioned": (run.sections, video.load_trained(run.dir, run.sections, codec)[0], codec)}
-    if {"replace", "repaint"} & set(p.methods):
+    if {"replace", "repaint", "reconstruction"} & set(p.methods):
         models["plain"] = plain_model(run, dist, resume=False)
     rows, panels = [], []
     show = torch.linspace(0, len(clips) - 1, min(4, len(clips))).round().long()  # 4 clips of different digits

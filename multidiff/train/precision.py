@@ -33,14 +33,15 @@ def autocast(device: torch.device, enabled: bool):
 
 
 class InferenceModel(torch.nn.Module):
-    """A trained net ready for sampling: eval mode, no grad, the training precision policy, the
-    fast memory layout for images and videos, fp32 out (samplers do their arithmetic in fp32)."""
+    """A trained net ready for sampling: eval mode, the training precision policy, the fast memory
+    layout for images and videos, fp32 out (samplers do their arithmetic in fp32). Gradients follow
+    the caller's mode: `sample` runs without them, and reconstruction guidance turns them on for
+    its own backward pass through the net."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, bf16: bool):
         super().__init__()
         self.model, self.device, self.bf16 = model.eval().to(device), device, bf16
 
-    @torch.no_grad()
     def forward(self, x, t, **cond):
         x = x.to(self.device, torch.float32)
         if x.ndim in (4, 5):
