@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -24,12 +25,11 @@ METHODS = ("repaint", "replace", "reconstruction", "conditioned")
 
 
 @dataclass
-class InpaintConfig:
-    """The [inpaint] section."""
-    train_masks: list[str] = field(default_factory=lambda: ["mixture"])  # masks the conditioned model sees
-    eval_masks: list[str] = field(default_factory=lambda: ["center", "left", "box", "strokes"])
-    eval_n: int = 100                 # held-out images per mask kind
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+class CompletionSampling:
+    """How each completion method samples: the keys the [inpaint] (images) and [predict] (video
+    frames) sections share, read by `inpaint` for images, latents and clips alike."""
+    SECTION: ClassVar[str] = "inpaint"
+    METHODS: ClassVar[tuple[str, ...]] = METHODS
     repaint_sampler: str = "ddpm"     # RePaint: ddpm (the paper) or ddim steps with resampling jumps
     repaint_steps: int = 50
     jump_length: int = 5
@@ -45,9 +45,18 @@ class InpaintConfig:
     seed: int = 2
 
     def __post_init__(self):
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in self.METHODS]
         if bad:
-            raise ValueError(f"inpaint.methods: unknown {bad}; choose from {METHODS}")
+            raise ValueError(f"{self.SECTION}.methods: unknown {bad}; choose from {self.METHODS}")
+
+
+@dataclass
+class InpaintConfig(CompletionSampling):
+    """The [inpaint] section."""
+    train_masks: list[str] = field(default_factory=lambda: ["mixture"])  # masks the conditioned model sees
+    eval_masks: list[str] = field(default_factory=lambda: ["center", "left", "box", "strokes"])
+    eval_n: int = 100                 # held-out images per mask kind
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
 
 
 SCHEMA = {**image.SCHEMA, "inpaint": InpaintConfig}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -29,38 +30,26 @@ from ..train.config import ConfigError
 from ..train.precision import resolve_precision
 from ..utils import write_json, write_text
 from . import video
+from .image_inpainting import CompletionSampling
 from .run import Run, load_recipe, load_run, save_resolved
 
 METHODS = ("conditioned", "replace", "repaint", "reconstruction")
 
 
 @dataclass
-class PredictConfig:
-    """The [predict] section (the sampler fields are the ones image inpainting reads)."""
+class PredictConfig(CompletionSampling):
+    """The [predict] section: image inpainting's sampler keys (with defaults sized for clips) + these."""
+    SECTION: ClassVar[str] = "predict"
+    METHODS: ClassVar[tuple[str, ...]] = METHODS
+    repaint_steps: int = 25
+    jump_n_sample: int = 3
+    reconstruction_weight: float = 10.0
     unconditional_run: str = "runs/video_moving_digits"
     unconditional_recipe: str = "recipes/video_moving_digits"
     tasks: list[str] = field(default_factory=lambda: ["prefix:4", "ends"])  # prefix:K | ends | frames e.g. 0,7
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     eval_n: int = 50
     batch: int = 50
-    conditioned_sampler: str = "dpmpp_2m"
-    conditioned_steps: int = 20
-    replace_sampler: str = "ddpm"
-    replace_steps: int = 50
-    repaint_sampler: str = "ddpm"
-    repaint_steps: int = 25
-    jump_length: int = 5
-    jump_n_sample: int = 3
-    reconstruction_sampler: str = "ddpm"
-    reconstruction_steps: int = 50
-    reconstruction_weight: float = 10.0
-    ssim_window: int = 7
-    seed: int = 2
-
-    def __post_init__(self):
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ValueError(f"predict.methods: unknown {bad}; choose from {METHODS}")
 
 
 SCHEMA = {**video.SCHEMA, "predict": PredictConfig}
