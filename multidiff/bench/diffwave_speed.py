@@ -2,8 +2,8 @@
 
 Vocoding: 1 s of 22.05 kHz audio (86 mel frames x hop 256 = 22,016 samples) with lmnt's 6-step
 fast schedule, at BASE size (64 channels, 30 layers). Ours runs through the core sampler
-(`sample(..., "ddpm")` on the aligned fractional timesteps) behind `InferenceModel` (no grad,
-autocast when bf16); lmnt's runs its own `inference.py` loop. Each timed run gets a fresh mel
+(`sample(..., "ddpm")` on the aligned fractional timesteps, without grad) behind `InferenceModel`
+(autocast when bf16); lmnt's runs its own `inference.py` loop. Each timed run gets a fresh mel
 tensor, so our once-per-utterance conditioner cost is included. Training: one Adam step on a
 batch of 16 crops of 62 frames (15,872 samples), lmnt's L1 loss on eps. Times are medians
 after a warm-up. Run: `python benchmarks/diffwave_speed.py` (needs the `bench` extra).
