@@ -10,6 +10,7 @@ from .data.audio import read_audio
 from .data.mel import mel_spectrogram
 from .recipes import audio, registry
 from .recipes.audio_eval import write_wav
+from .recipes.image_inpainting import CompletionSampling
 from .recipes.run import load_run
 
 
@@ -84,8 +85,10 @@ def parse_gap(text: str) -> tuple[float, float]:
     return a, b
 
 
-# how the core's masked sampling fills a gap, per --method (the image defaults: not tuned on audio)
-AUDIO_INPAINT = {"replace": {}, "repaint": {"repaint": (5, 5)}, "reconstruction": {"reconstruction": 20.0}}
+# how the core's masked sampling fills a gap, per --method: the [inpaint] defaults (tuned on images, not audio)
+_DEFAULTS = CompletionSampling()
+AUDIO_INPAINT = {"replace": {}, "repaint": {"repaint": (_DEFAULTS.jump_length, _DEFAULTS.jump_n_sample)},
+                 "reconstruction": {"reconstruction": _DEFAULTS.reconstruction_weight}}
 
 
 def inpaint_command(args) -> int:

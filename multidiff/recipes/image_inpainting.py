@@ -45,7 +45,7 @@ class CompletionSampling:
     seed: int = 2
 
     def __post_init__(self):
-        bad = [m for m in self.methods if m not in self.METHODS]
+        bad = [m for m in getattr(self, "methods", ()) if m not in self.METHODS]  # the sections list methods
         if bad:
             raise ValueError(f"{self.SECTION}.methods: unknown {bad}; choose from {self.METHODS}")
 
