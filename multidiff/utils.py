@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
@@ -43,3 +44,13 @@ def write_text(path, text: str) -> None:
 
 def read_json(path):
     return json.loads(Path(path).read_text())
+
+
+ADDED_KEY = "identity_omits_default"
+
+
+def added_key(default):
+    """A config dataclass field for a key added after runs already existed: at its default it is
+    left out of a run's identity (train.config.to_toml(..., identity=True): the stage and checkpoint
+    hashes), so runs made before the key existed still skip their finished stages and still resume."""
+    return dataclasses.field(default=default, metadata={ADDED_KEY: True})

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from multidiff.metrics.audio import log_mel_distance, mr_stft_distance, real_time_factor
+from multidiff.metrics.audio import (envelope_correlation, log_mel_distance, mr_stft_distance, pause_level_db,
+                                    real_time_factor)
 
 
 def tone(freq=220.0, sr=22050, seconds=1.0):
@@ -51,3 +52,24 @@ def test_griffin_lim_baseline_reproduces_the_mel():
         y = griffin_lim(m, cfg, n_iter=32)
         assert y.shape == x.shape
         assert (mel_spectrogram(y, cfg) - m).abs().mean() < tol, style
+
+
+def test_envelope_correlation_follows_loudness_not_waveform():
+    x = tone()
+    g = torch.Generator().manual_seed(0)
+    noise_shaped = torch.randn(x.shape, generator=g) * x.abs()  # other waveform, same loudness contour
+    assert envelope_correlation(x, x) == pytest.approx(1.0)
+    assert envelope_correlation(x, noise_shaped) > 0.9
+    assert abs(envelope_correlation(x, torch.randn(x.shape, generator=g))) < 0.3
+
+
+def test_pause_level_is_the_estimates_power_where_the_reference_pauses():
+    x = tone()
+    x[5120:10240] = 0  # a pause of 20 frames
+    peak = x[:5120].reshape(-1, 256).square().mean(1).max()
+    est = x.clone()
+    est[5120:10240] = 0.01 * torch.randn(5120, generator=torch.Generator().manual_seed(0))
+    expected = 10 * math.log10(float(est[5120:10240].square().mean() / peak))
+    assert pause_level_db(x, est) == pytest.approx(expected, abs=1e-3)
+    assert pause_level_db(x, x) <= -100  # silence stays silent
+    assert math.isnan(pause_level_db(tone(), tone()))  # never pauses: no value

@@ -100,3 +100,35 @@ def test_stage_hash_of_one_field_ignores_the_rest_of_its_section():
     from multidiff.train.config import to_toml
     old = hashlib.sha256(to_toml({"data": base["data"], "model": base["model"]}).encode()).hexdigest()[:16]
     assert section_hash(base, ["data", "model", "missing"]) == old
+
+
+def test_keys_added_later_leave_the_hashes_of_existing_runs_alone():
+    """A run made before [model] noise_prior existed must still skip its finished stages and resume
+    its checkpoints: an `added_key` at its default is not part of a run's identity; set, it is."""
+    from dataclasses import dataclass, field
+
+    from multidiff.recipes import audio
+    from multidiff.recipes.run import section_hash
+    from multidiff.train.config import to_toml
+    from multidiff.utils import added_key
+
+    @dataclass
+    class Before:
+        width: int = 8
+        names: list = field(default_factory=list)
+
+    @dataclass
+    class After(Before):
+        prior: str = added_key("none")
+
+    assert to_toml({"m": After()}, identity=True) == to_toml({"m": Before()})
+    assert section_hash({"m": After()}, ["m"]) == section_hash({"m": Before()}, ["m"])
+    assert section_hash({"m": After(prior="mel")}, ["m"]) != section_hash({"m": Before()}, ["m"])
+    assert "prior" in to_toml({"m": After()})  # the resolved config.toml still lists every key
+
+    # the audio keys added after the first vocoder runs (their hashes checked unchanged on those runs)
+    root = Path(__file__).parent.parent / "recipes/diffwave_espeak"
+    plain = load_recipe(root, ['model.noise_prior="none"'], registry.schemas())[1]
+    identity = to_toml({"model": plain["model"]}, identity=True)
+    assert "noise_prior" not in identity and "prior_std_min" not in identity
+    assert audio.fingerprint(plain) == section_hash(plain, ["data", "model", "diffusion"])

@@ -142,19 +142,24 @@ def _hifigan_tensors(key: tuple, device: str) -> tuple[torch.Tensor, torch.Tenso
     return torch.hann_window(cfg.win_length, device=device), fb.T.contiguous().to(device)
 
 
+def mel_magnitude(mel: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
+    """Undo the feature's log and normalisation: the mel filterbank magnitudes (lmnt: the
+    window-normalised STFT's, floored at 1e-4 by the [0, 1] clamp; hifigan: floored at 1e-5)."""
+    return 10 ** ((mel * 100 - 80) / 20) if cfg.style == "lmnt" else mel.exp()
+
+
 def griffin_lim(mel: torch.Tensor, cfg: MelConfig, n_iter: int = 64) -> torch.Tensor:
     """The classic non-neural vocoder, as a baseline: undo the log/normalisation, map mel bands back
     to linear frequency with the filterbank's pseudo-inverse (clamped at 0), then Griffin-Lim phase
     reconstruction (Griffin & Lim 1984; torchaudio's fast variant with momentum 0.99).
     mel [n_mels, frames] -> waveform [1, frames * hop]."""
     n_stft = cfg.n_fft // 2 + 1
+    mag = mel_magnitude(mel, cfg)
     if cfg.style == "lmnt":
-        mag = 10 ** ((mel * 100 - 100 + 20) / 20)
         fb = torchaudio.functional.melscale_fbanks(n_stft, cfg.f_min, cfg.fmax, cfg.n_mels, cfg.sample_rate)
         window_norm = torch.hann_window(cfg.win_length).pow(2).sum().sqrt()
         center, normalized = True, True
     else:
-        mag = mel.exp()
         fb = _hifigan_tensors(_key(cfg), "cpu")[1].T  # the same slaney basis the feature used
         window_norm, center, normalized = 1.0, False, False
     linear = (torch.linalg.pinv(fb.T.double()) @ mag.double()).clamp(min=0).float()  # [n_stft, frames]

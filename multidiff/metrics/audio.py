@@ -5,6 +5,8 @@ log_mel_distance: RMS difference of log-mel spectra in dB (the "log-spectral dis
   WaveGAN / HiFi-GAN evaluations (spectral convergence + mean |log magnitude| difference,
   averaged over three resolutions). pesq_stoi: wideband PESQ and STOI when the optional `eval`
   extra (pesq, pystoi) is installed. real_time_factor: compute seconds per audio second.
+envelope_correlation: does the loudness follow the reference's, frame by frame (1 = exactly).
+pause_level_db: how loud the estimate is where the reference pauses -- a vocoder's noise floor.
 """
 from __future__ import annotations
 
@@ -51,6 +53,31 @@ def mr_stft_distance(ref, est, resolutions=RESOLUTIONS) -> float:
         mag = (sa.log() - sb.log()).abs().mean()
         total += float(sc + mag)
     return total / len(resolutions)
+
+
+def _frame_power(x: torch.Tensor, hop: int) -> torch.Tensor:
+    n = len(x) // hop * hop
+    return x[:n].reshape(-1, hop).square().mean(1)
+
+
+def envelope_correlation(ref, est, hop: int = 256) -> float:
+    """Pearson correlation of the per-frame log power of reference and estimate."""
+    ref, est = _pair(ref, est)
+    a, b = (_frame_power(x, hop).add(1e-10).log() for x in (ref, est))
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-12))
+
+
+def pause_level_db(ref, est, hop: int = 256, below_db: float = 40.0) -> float:
+    """Mean power of the estimate over the reference's pauses (frames more than `below_db` dB below
+    its loudest frame), in dB relative to that loudest frame; nan when the reference never pauses."""
+    ref, est = _pair(ref, est)
+    pr, pe = _frame_power(ref, hop), _frame_power(est, hop)
+    peak = pr.max().clamp(min=1e-12)
+    pauses = pr < peak * 10 ** (-below_db / 10)
+    if not bool(pauses.any()):
+        return float("nan")
+    return float(10 * torch.log10(pe[pauses].mean().clamp(min=1e-12) / peak))
 
 
 def pesq_stoi(ref, est, sample_rate: int) -> dict:

@@ -5,7 +5,6 @@ train, evaluate (vocoder: held-out resynthesis against Griffin-Lim; unconditiona
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,12 +14,13 @@ from ..core import Denoiser, sample
 from ..data.audio import AudioData, AudioDataError, build_audio_dataset
 from ..data.mel import MelConfig, silence_mel
 from ..models.diffwave import DiffWave, DiffWaveConfig
-from ..train import TrainConfig, Trainer, latest_checkpoint, load_ema_weights, to_toml
+from ..models.priorgrad import MelEnergyPrior, PriorScaled
+from ..train import TrainConfig, Trainer, latest_checkpoint, load_ema_weights
 from ..train.config import ConfigError
 from ..train.diffusion import DiffusionConfig, batch_loss
 from ..train.distributed import DistInfo, barrier
 from ..train.precision import InferenceModel, resolve_precision
-from .run import Run
+from .run import Run, section_hash
 
 # lmnt-com/diffwave's fast 6-step inference schedule (Kong et al. 2021, Table 8)
 FAST_BETAS = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
@@ -73,8 +73,7 @@ def check_config(sections: dict) -> None:
 
 
 def fingerprint(sections: dict) -> str:
-    keep = {k: sections[k] for k in ("data", "model", "diffusion")}
-    return hashlib.sha256(to_toml(keep).encode()).hexdigest()[:16]
+    return section_hash(sections, ["data", "model", "diffusion"])
 
 
 def cache_dir(run: Run) -> Path:
@@ -83,12 +82,13 @@ def cache_dir(run: Run) -> Path:
 
 class AudioTask:
     """Loss for DiffWave: random aligned crops (drawn from the step's random numbers, so resumable
-    and independent of the number of processes), noise, the core's diffusion loss."""
+    and independent of the number of processes), noise, the core's diffusion loss. With a noise
+    prior the core diffuses audio / s (models/priorgrad.py)."""
 
     channels_last = False
 
-    def __init__(self, sections: dict, device: torch.device):
-        self.s, self.device = sections, device
+    def __init__(self, sections: dict, device: torch.device, prior: MelEnergyPrior | None = None):
+        self.s, self.device, self.prior = sections, device, prior
         self.sched = sections["diffusion"].build_schedule()
         self.mel = mel_config(sections)
         self.frames = sections["data"].crop_frames
@@ -117,19 +117,26 @@ class AudioTask:
             audio, mel = self.crop(batch, offsets)
         else:
             audio, mel = torch.stack([a for a, _, _ in batch]), torch.stack([m for _, m, _ in batch])
-        cond = {}
+        cond, audio = {}, audio.to(self.device)
         if is_vocoder(self.s):
             cond["mel"] = mel.to(self.device)
+        if self.prior is not None:
+            audio = self.prior.to_prior(audio, cond["mel"])
         if self.s["model"].num_classes:
             cond["y"] = torch.tensor([y for _, _, y in batch], device=self.device)
-        return batch_loss(net, self.s["diffusion"], self.sched, audio.to(self.device), rand, cond)
+        return batch_loss(net, self.s["diffusion"], self.sched, audio, rand, cond)
 
     def preview(self, model, path: Path) -> None:
         return None  # audio previews are the evaluate stage's WAVs
 
 
-def build_model(sections: dict) -> DiffWave:
-    return DiffWave(sections["model"])
+def build_model(sections: dict) -> DiffWave | PriorScaled:
+    """The DiffWave; with [model] noise_prior = "mel_energy", wrapped as a denoiser of audio / s."""
+    m = sections["model"]
+    net = DiffWave(m)
+    if m.noise_prior == "none":
+        return net
+    return PriorScaled(net, MelEnergyPrior(mel_config(sections), m.prior_std_min))
 
 
 def load_trained(run_dir: Path, sections: dict):
@@ -167,10 +174,15 @@ def generate_audio(sections: dict, model, n_samples: int, mel: torch.Tensor | No
         cond["mel"] = mel
     if labels is not None:
         cond["y"] = labels
+    prior = getattr(model, "prior", None)  # the core samples y = audio / s, from N(0, I) as always
+    if prior is not None and known is not None:
+        known = prior.to_prior(known, mel)
     noise = torch.randn(B, 1, n_samples, generator=generator)
     kw = {"variance": "posterior"} if sampler == "ddpm" else {}
     x = sample(denoiser(sections, model, device, bf16), noise, sampler, generator=generator, cond=cond or None,
                mask=mask, known=known, **levels_kwargs(sections, steps), **kw, **masked)
+    if prior is not None:
+        x = prior.from_prior(x, mel.to(x.device))
     return x.clamp(-1, 1)
 
 
@@ -236,7 +248,13 @@ def train(run: Run, dist: DistInfo, resume: bool) -> dict:
     ds = build_audio_dataset(s["data"], "train", cache_dir=cache_dir(run))
     if s["model"].num_classes and s["model"].num_classes != ds.num_classes:
         raise ConfigError(f"model.num_classes = {s['model'].num_classes} but the data has {ds.num_classes} classes")
-    trainer = Trainer(build_model(s), ds, AudioTask(s, dist.device), s["train"], run.dir, dist=dist,
+    model = build_model(s)
+    prior = getattr(model, "prior", None)
+    if prior is not None:  # the training set's energy range (a resumed run loads the same from its checkpoint)
+        prior.fit(ds[i][1] for i in range(len(ds)))
+        lo, hi = prior.energy_range.tolist()
+        run.log(f"[train] mel-energy noise prior: frame energy {lo:.4g} .. {hi:.4g}, floor {prior.std_min}")
+    trainer = Trainer(model, ds, AudioTask(s, dist.device, prior), s["train"], run.dir, dist=dist,
                       fingerprint=fingerprint(s))
     ckpt = trainer.fit(resume=resume)
     return {"checkpoint": str(ckpt), "precision": "bf16" if trainer.bf16 else "fp32"}

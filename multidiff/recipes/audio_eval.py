@@ -7,6 +7,7 @@ compare each to the original: log-mel distance (dB), multi-resolution STFT dista
 """
 from __future__ import annotations
 
+import math
 import time
 
 import soundfile as sf
@@ -14,7 +15,9 @@ import torch
 
 from ..data.audio import build_audio_dataset
 from ..data.mel import griffin_lim
-from ..metrics.audio import log_mel_distance, mr_stft_distance, pesq_stoi, real_time_factor
+from ..metrics.audio import (envelope_correlation, log_mel_distance, mr_stft_distance, pause_level_db, pesq_stoi,
+                             real_time_factor)
+from ..train.plots import plot_spectrograms
 from ..train.precision import resolve_precision
 from ..utils import atomic_path, write_json, write_text
 from . import audio
@@ -26,21 +29,26 @@ def write_wav(path, wav: torch.Tensor, sample_rate: int) -> None:
         sf.write(tmp, wav.reshape(-1).float().numpy(), sample_rate, subtype="PCM_16", format="WAV")
 
 
-def _scores(ref, est, sr) -> dict:
+def _scores(ref, est, sr, hop) -> dict:
     return {"log_mel_db": log_mel_distance(ref, est, sr), "mr_stft": mr_stft_distance(ref, est),
+            "envelope": envelope_correlation(ref, est, hop), "pause_db": pause_level_db(ref, est, hop),
             **pesq_stoi(ref, est, sr)}
 
 
 def _mean(rows: list[dict]) -> dict:
-    keys = [k for k in rows[0] if isinstance(rows[0][k], float)]
-    return {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+    """Means over utterances; an utterance without a value (pause_db of one that never pauses) is left out."""
+    out = {}
+    for k in (k for k in rows[0] if isinstance(rows[0][k], float)):
+        vals = [r[k] for r in rows if math.isfinite(r[k])]
+        out[k] = sum(vals) / len(vals) if vals else float("nan")
+    return out
 
 
 def evaluate(run: Run, dist) -> dict:
     s, ev = run.sections, run["eval"]
     model, ckpt = audio.load_trained(run.dir, s)
     bf16 = resolve_precision(s["train"].precision, dist.device)
-    sr = s["data"].sample_rate
+    sr, hop = s["data"].sample_rate, s["model"].hop_length
     out_dir = run.dir / "samples"
     if not audio.is_vocoder(s):
         return _evaluate_unconditional(run, model, ckpt, dist, bf16)
@@ -52,6 +60,7 @@ def evaluate(run: Run, dist) -> dict:
     n = min(ev.n, len(ds))
     methods = {f"diffwave_{k}": k for k in ev.steps}
     per = {m: [] for m in [*methods, "griffin_lim"]}
+    first = {}  # the first utterance's resyntheses, for samples/spectrograms.png
     for i in range(n):
         ref, mel, _ = ds[i]
         for name, steps in methods.items():
@@ -59,16 +68,21 @@ def evaluate(run: Run, dist) -> dict:
             est = audio.vocode(s, model, mel, steps, dist.device, bf16, torch.Generator().manual_seed(i),
                                chunk_frames=s["vocode"].chunk_frames, overlap=s["vocode"].overlap_frames)
             secs = time.perf_counter() - t0
-            per[name].append({**_scores(ref, est, sr), "rtf": real_time_factor(secs, ref.shape[-1], sr)})
+            per[name].append({**_scores(ref, est, sr, hop), "rtf": real_time_factor(secs, ref.shape[-1], sr)})
+            if i == 0:
+                first[name] = est
             if i < ev.save_wavs:
                 write_wav(out_dir / f"{i:02d}_{name}.wav", est, sr)
         t0 = time.perf_counter()
         gl = griffin_lim(mel, audio.mel_config(s), ev.griffin_lim_iters)
-        per["griffin_lim"].append({**_scores(ref, gl, sr), "rtf": real_time_factor(time.perf_counter() - t0,
+        per["griffin_lim"].append({**_scores(ref, gl, sr, hop), "rtf": real_time_factor(time.perf_counter() - t0,
                                                                                    ref.shape[-1], sr)})
         if i < ev.save_wavs:
             write_wav(out_dir / f"{i:02d}_griffin_lim.wav", gl, sr)
             write_wav(out_dir / f"{i:02d}_original.wav", ref, sr)
+        if i == 0:
+            shown = {"original": ref, **first, "griffin_lim": gl}
+            plot_spectrograms(shown, sr, out_dir / "spectrograms.png", hop=hop)
     rows = [{"method": m, **_mean(r)} for m, r in per.items()]
     result = {"split": split, "utterances": n, "checkpoint": str(ckpt), "precision": "bf16" if bf16 else "fp32",
               "rows": rows, "wavs": str(out_dir)}
@@ -99,11 +113,14 @@ def _evaluate_unconditional(run: Run, model, ckpt, dist, bf16) -> dict:
     return {"eval": str(run.dir / "eval.json")}
 
 
+COLUMNS = {"log_mel_db": "log-mel distance (dB)", "mr_stft": "MR-STFT distance", "pesq_wb": "PESQ (wb)",
+           "stoi": "STOI", "envelope": "envelope correlation", "pause_db": "level in pauses (dB)",
+           "rtf": "real-time factor"}
+
+
 def markdown(rows) -> str:
-    extra = [k for k in ("pesq_wb", "stoi") if k in rows[0]]
-    lines = ["| method | log-mel distance (dB) | MR-STFT distance | " + " | ".join(extra) + (" | " if extra else "")
-             + "real-time factor |", "|---|---|---|" + "---|" * len(extra) + "---|"]
+    keys = [k for k in COLUMNS if k in rows[0]]  # PESQ / STOI only with the `eval` extra
+    lines = ["| method | " + " | ".join(COLUMNS[k] for k in keys) + " |", "|---|" + "---|" * len(keys)]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['log_mel_db']:.2f} | {r['mr_stft']:.3f} | "
-                     + "".join(f"{r[k]:.3f} | " for k in extra) + f"{r['rtf']:.3f} |")
+        lines.append(f"| {r['method']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
     return "\n".join(lines) + "\n"

@@ -1,7 +1,6 @@
 """Image generation recipes: prepare data, train the U-Net, sample a grid, evaluate."""
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +11,12 @@ from tqdm.auto import tqdm
 from ..core import Denoiser, sample
 from ..data.image import ImageData, build_image_dataset, save_image_grid
 from ..models.unet2d import UNet2D, UNet2DConfig
-from ..train import TrainConfig, Trainer, latest_checkpoint, load_ema_weights, to_toml
+from ..train import TrainConfig, Trainer, latest_checkpoint, load_ema_weights
 from ..train.config import ConfigError
 from ..train.diffusion import DiffusionConfig, SampleConfig, batch_loss
 from ..train.distributed import DistInfo
 from ..train.precision import InferenceModel, resolve_precision
-from .run import Run
+from .run import Run, section_hash
 
 
 @dataclass
@@ -46,8 +45,7 @@ def check_model_fits_data(run_or_sections) -> None:
 
 def fingerprint(sections: dict) -> str:
     """What a checkpoint's weights depend on: a resumed run must agree on it."""
-    keep = {k: sections[k] for k in ("data", "model", "diffusion")}
-    return hashlib.sha256(to_toml(keep).encode()).hexdigest()[:16]
+    return section_hash(sections, ["data", "model", "diffusion"])
 
 
 class ImageTask:

@@ -35,7 +35,7 @@ def section_hash(sections: dict, names) -> str:
             parts.setdefault(sec, {})[key] = getattr(sections[sec], key)
         else:
             parts[sec] = sections[sec]
-    return hashlib.sha256(to_toml(parts).encode()).hexdigest()[:16]
+    return hashlib.sha256(to_toml(parts, identity=True).encode()).hexdigest()[:16]
 
 
 class Run:

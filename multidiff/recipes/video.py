@@ -106,7 +106,7 @@ def check_model_fits_data(sections: dict, codec=None) -> None:
 def fingerprint(sections: dict, codec=None) -> str:
     """What the weights depend on (a resumed or sampled run must agree): the config, and the autoencoder."""
     keep = {k: sections[k] for k in ("data", "model", "diffusion", "video")}
-    return hashlib.sha256((to_toml(keep) + identity(codec)).encode()).hexdigest()[:16]
+    return hashlib.sha256((to_toml(keep, identity=True) + identity(codec)).encode()).hexdigest()[:16]
 
 
 def is_conditioned(sections: dict) -> bool:

@@ -13,6 +13,8 @@ import types
 import typing
 from pathlib import Path
 
+from ..utils import ADDED_KEY
+
 
 class ConfigError(ValueError):
     pass
@@ -116,8 +118,14 @@ def build_sections(tables: dict, schema: dict[str, type], file="config") -> dict
     return out
 
 
-def to_toml(sections: dict) -> str:
-    """Write resolved dataclass sections back as TOML (flat tables of scalars and lists)."""
+def _omitted(obj, name: str, value) -> bool:
+    f = {f.name: f for f in dataclasses.fields(obj)}.get(name)
+    return f is not None and f.metadata.get(ADDED_KEY, False) and value == f.default
+
+
+def to_toml(sections: dict, identity: bool = False) -> str:
+    """Write resolved dataclass sections back as TOML (flat tables of scalars and lists).
+    identity=True: the text a run's hashes are taken of (`added_key` fields left out at their default)."""
 
     def val(v):
         if isinstance(v, bool):
@@ -135,6 +143,8 @@ def to_toml(sections: dict) -> str:
     lines = []
     for name, obj in sections.items():
         d = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+        if identity and dataclasses.is_dataclass(obj):
+            d = {k: v for k, v in d.items() if not _omitted(obj, k, v)}
         lines.append(f"[{name}]")
         lines += [f"{k} = {val(v)}" for k, v in d.items() if v is not None]
         lines.append("")

@@ -33,3 +33,36 @@ def plot_loss_curve(metrics: Path, out: Path) -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def plot_spectrograms(wavs: dict, sample_rate: int, out: Path, n_fft: int = 1024, hop: int = 256) -> None:
+    """One log-magnitude spectrogram per named waveform, stacked on a shared 80 dB colour scale
+    (0 dB = the first one's peak), so noise floors and harmonics compare by eye."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    window = torch.hann_window(n_fft)
+    specs = {k: torch.stft(torch.as_tensor(w).float().reshape(-1), n_fft, hop, window=window,
+                           return_complex=True).abs() for k, w in wavs.items()}
+    ref = max(float(next(iter(specs.values())).max()), 1e-8)
+    fig, axes = plt.subplots(len(specs), 1, figsize=(7, 1.8 * len(specs)), dpi=100, sharex=True, squeeze=False)
+    for ax, (name, s) in zip(axes[:, 0], specs.items()):
+        db = 20 * torch.log10(s.clamp(min=1e-8) / ref)
+        ax.imshow(db.numpy(), origin="lower", aspect="auto", vmin=-80, vmax=0, cmap="magma",
+                  extent=(0, s.shape[1] * hop / sample_rate, 0, sample_rate / 2000))
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("kHz")
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    with atomic_path(out) as tmp:  # a 64-colour palette: a noisy spectrogram PNG is ~4x smaller
+        Image.open(buf).convert("RGB").quantize(64).save(tmp, format="png", optimize=True)
