@@ -175,6 +175,18 @@ def test_lmnt_equivalence_unconditional(tmp_path):
         assert ours(audio[:, None], torch.tensor([2.5])).shape == (1, 1, 1000)
 
 
+@pytest.mark.parametrize("strides", [[16, 16], [15, 20], [7], [3, 2, 2]])
+def test_upsampler_gemm_equals_the_transposed_convs(strides):
+    """The upsampler runs as a GEMM + overlap-add; its parameters are still ConvTranspose2d's, and it
+    computes what those modules compute (float64, random weights, even and odd strides)."""
+    up = randomize(SpectrogramUpsampler(strides, init="lmnt"), scale=0.1).double()
+    mel = rand(2, 6, 5, seed=3).double()
+    x = mel.unsqueeze(1)
+    for i in range(len(strides)):
+        x = torch.nn.functional.leaky_relu(getattr(up, f"conv{i + 1}")(x), 0.4)
+    torch.testing.assert_close(up(mel), x.squeeze(1), atol=1e-12, rtol=1e-10)
+
+
 def test_upsampler_for_hop_256_is_lmnts():
     ref = lmnt_model.SpectrogramUpsampler(80)
     ours = SpectrogramUpsampler(derive_upsample_strides(256))
@@ -221,6 +233,68 @@ def test_bf16_path_is_as_accurate_as_autocast_on_the_module_path():
     err = lambda y: ((y.float() - ref).norm() / ref.norm()).item()
     # documented tolerance: the fast bf16 path stays within 1.5x of autocast's own error (and below 3%)
     assert err(fast) < max(1.5 * err(slow), 1e-3) and err(fast) < 0.03
+
+
+# ---- the training path (hand-written backward) -------------------------------------------------
+def forward_backward(model, x, t, mel=None, y=None, seed=5):
+    """Output and the gradients of a fixed random projection of it w.r.t. x, mel and every parameter."""
+    model.zero_grad()
+    x = x.detach().clone().requires_grad_(True)
+    mel = None if mel is None else mel.detach().clone().requires_grad_(True)
+    out = model(x, t, mel=mel, y=y)
+    (out * rand(*out.shape, seed=seed).to(out.dtype)).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return out.detach(), x.grad, None if mel is None else mel.grad, grads
+
+
+@pytest.mark.parametrize("kw,L", [(TINY, 64), ({**TINY, "n_mels": 0, "num_classes": 3}, 64),
+                                  ({**TINY, "dilation_cycle": 6, "residual_layers": 6}, 32)])
+def test_training_path_gradients_equal_the_module_path(kw, L):
+    """float64: the hand-written backward is autograd's on the module path to rounding (every
+    parameter, the audio and the mel), including a dilation as long as the clip (2**5 = 32 samples)."""
+    m = randomize(DiffWave(**kw), scale=0.1).double().train()
+    B = 3
+    x, t = rand(B, 1, L).double(), torch.tensor([1.5, 7.0, 20.0])
+    mel = rand(B, kw["n_mels"], L // kw["hop_length"], seed=1).double() if kw["n_mels"] else None
+    y = torch.tensor([0, 3, 1]) if kw.get("num_classes") else None
+    fast = forward_backward(m, x, t, mel, y)
+    m.fast = False
+    slow = forward_backward(m, x, t, mel, y)
+    for a, b in zip(fast[:3], slow[:3]):
+        if b is not None:
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    for name in slow[3]:
+        torch.testing.assert_close(fast[3][name], slow[3][name], atol=1e-12, rtol=1e-10, msg=name)
+
+
+def test_training_path_gradients_equal_lmnts_autograd():
+    """fp32, BASE-shaped layers: the gradients our training step uses are the ones lmnt-com/diffwave's
+    own model gives (same weights, same input)."""
+    params = lmnt_params_dict(residual_layers=6, dilation_cycle_length=3)
+    ref = randomize(lmnt_model.DiffWave(params), scale=0.02).train()
+    ours = DiffWave(**{**BASE, "residual_layers": 6, "dilation_cycle": 3}, upsampler_init="lmnt").train()
+    ours.load_state_dict(ref.state_dict())
+    frames = 3
+    audio, mel = rand(2, 256 * frames) * 0.5, torch.rand(2, 80, frames, generator=torch.Generator().manual_seed(1))
+    steps = torch.tensor([3, 41])
+    w = rand(2, 1, 256 * frames, seed=5)
+    (ref(audio, mel, steps) * w).sum().backward()
+    _, _, _, grads = forward_backward(ours, audio[:, None], steps.float(), mel)
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_training_path_bf16_gradients_are_as_accurate_as_autocast_on_the_module_path():
+    m = randomize(DiffWave(**{**TINY, "residual_layers": 10, "residual_channels": 16, "dilation_cycle": 5})).train()
+    x, t, mel = rand(2, 1, 256) * 0.5, torch.tensor([4.0, 30.5]), rand(2, 6, 16, seed=1)
+    ref = forward_backward(m, x, t, mel)[3]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = forward_backward(m, x, t, mel)[3]
+        m.fast = False
+        slow = forward_backward(m, x, t, mel)[3]
+    flat = lambda g: torch.cat([v.flatten().float() for v in g.values()])
+    err = lambda g: ((flat(g) - flat(ref)).norm() / flat(ref).norm()).item()
+    assert err(fast) < max(1.5 * err(slow), 1e-3) and err(fast) < 0.05
 
 
 # ---- the fast path's caches ----------------------------------------------------------------------
