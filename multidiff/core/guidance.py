@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .denoiser import Denoiser, Estimate, bcast
+from .noise import randn_like
 from .samplers import ddim_step, ddpm_step, vp_coefficients
 from .schedule import Levels
 
@@ -66,11 +67,18 @@ def known_region_projection(mask: torch.Tensor, known: torch.Tensor, generator=N
     At sigma = 0 this is the known signal itself, so the output keeps it exactly."""
 
     def project(x, alpha: float, sigma: float):
-        k = alpha * known if sigma == 0 else alpha * known + sigma * torch.randn(
-            known.shape, generator=generator, dtype=known.dtype, device=known.device)
+        k = alpha * known if sigma == 0 else alpha * known + sigma * randn_like(known, generator)
         return torch.where(mask.bool(), k, x)
 
     return project
+
+
+def _alpha_sigma(abar):
+    """VP coefficients sqrt(abar), sqrt(1 - abar): floats, or float64 [B] for per-sample levels."""
+    if isinstance(abar, torch.Tensor) and abar.ndim > 0:
+        ab = abar.to(torch.float64)
+        return ab.sqrt(), (1 - ab).sqrt()
+    return math.sqrt(float(abar)), math.sqrt(1 - float(abar))
 
 
 class _Differentiable(torch.nn.Module):
@@ -124,16 +132,35 @@ class ReconstructionGuided(Denoiser):
         return moved if self.clip_x0 is None else moved.clamp(-self.clip_x0, self.clip_x0)
 
     def vp(self, x_vp, t, abar, **cond):
-        if isinstance(abar, torch.Tensor) and abar.ndim > 0:  # per-sample levels [B]
-            ab = abar.to(torch.float64)
-            alpha, sigma = ab.sqrt(), (1 - ab).sqrt()
-        else:
-            alpha, sigma = math.sqrt(float(abar)), math.sqrt(1 - float(abar))
+        alpha, sigma = _alpha_sigma(abar)
         x0 = self._guided(x_vp, lambda z: self._plain.vp(z, t, abar, **cond).x0, self.weight * alpha / 2)
         return Estimate(x0, (x_vp - bcast(alpha, x_vp) * x0) / bcast(sigma, x_vp))
 
     def __call__(self, x, sigma, t=None, **cond):
         return self._guided(x, lambda z: self._plain(z, sigma, t, **cond), self.weight / 2)
+
+
+class ProjectedEstimate(Denoiser):
+    """Data consistency on the clean estimate: x0 <- project(x0, sigma) after every model call, with
+    eps re-derived from the projected x0 so the sampler's pair stays consistent (as clip_x0 does for
+    a clamp). `project` maps an estimate onto (or towards) the signals that agree with an
+    observation, e.g. a vocoder's mel (GLA-Grad, Liu et al. 2024, puts Griffin-Lim steps here); it
+    gets the VE noise level sigma (a float or [B]) and may leave early, noisy estimates alone."""
+
+    def __init__(self, den: Denoiser, project):
+        super().__init__(den.model, den.schedule, den.prediction, den.clip_x0)
+        self.inner, self.project = den, project
+
+    def with_clip(self, clip_x0):
+        return ProjectedEstimate(self.inner.with_clip(clip_x0), self.project)
+
+    def vp(self, x_vp, t, abar, **cond):
+        alpha, sigma = _alpha_sigma(abar)
+        x0 = self.project(self.inner.vp(x_vp, t, abar, **cond).x0, sigma / alpha)
+        return Estimate(x0, (x_vp - bcast(alpha, x_vp) * x0) / bcast(sigma, x_vp))
+
+    def __call__(self, x, sigma, t=None, **cond):
+        return self.project(self.inner(x, sigma, t, **cond), sigma)
 
 
 def repaint_schedule(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
@@ -184,7 +211,6 @@ def repaint(den: Denoiser, x: torch.Tensor, levels: Levels, mask: torch.Tensor, 
                 callback({"i": j, "x": x, "denoised": x0, "sigma": float(levels.sigmas[i]), "t": float(levels.ts[i])})
         else:  # re-noise level i -> i - 1 with q(x_{i-1} | x_i)
             ratio = abar[i - 1] / abar[i]
-            x = math.sqrt(ratio) * x + math.sqrt(1 - ratio) * torch.randn(
-                x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x = math.sqrt(ratio) * x + math.sqrt(1 - ratio) * randn_like(x, generator)
     return x
 

@@ -26,12 +26,15 @@ def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Te
 def diffusion_loss(model, sched: Schedule, x0: torch.Tensor, prediction: str = "eps", weighting: str = "uniform", *,
                    min_snr_gamma: float = 5.0, loss_type: str = "l2", mask: torch.Tensor | None = None,
                    reduction: str = "mean", t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None, cond: dict | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, cond: dict | None = None,
+                   error_map=None) -> torch.Tensor:
     """Denoising loss of `model(x_t, t, **cond)` on a batch of clean data x0 [B, C, *dims].
 
     t (default: uniform integer steps) and noise (default: N(0, I)) may be given for
     reproducibility. `mask` (broadcastable to x0) restricts the loss to where mask = 1, averaged
     over the masked elements of each sample. reduction 'none' returns the per-sample loss [B].
+    A noise prior N(0, L L^T) passes `noise` = L eps and `error_map` ~ L^-1, the weighting that makes
+    the loss PriorGrad's / SpecGrad's (any fixed positive weighting keeps the optimum, E[target | x_t]).
     """
     check_prediction(prediction)
     if weighting not in WEIGHTINGS:
@@ -59,6 +62,8 @@ def diffusion_loss(model, sched: Schedule, x0: torch.Tensor, prediction: str = "
         raise ValueError(f"the model returned shape {tuple(out.shape)}, expected the input's {tuple(x0.shape)}")
     target = target_for(prediction, x0, noise, alpha, sigma).to(torch.float32)
     err = out.float() - target
+    if error_map is not None:
+        err = error_map(err)
     err = err.square() if loss_type == "l2" else err.abs()
 
     if mask is None:

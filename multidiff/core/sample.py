@@ -11,7 +11,9 @@ import math
 import torch
 
 from .denoiser import Denoiser
-from .guidance import GuidedModel, ReconstructionGuided, check_mask, known_region_projection, repaint as repaint_loop
+from .noise import ColoredNoise
+from .guidance import (GuidedModel, ProjectedEstimate, ReconstructionGuided, check_mask, known_region_projection,
+                       repaint as repaint_loop)
 from .samplers import DDPM_VARIANCES, SAMPLER_FNS, SAMPLERS, VE_SAMPLERS, ve_sigmas
 
 ETA_SAMPLERS = ("ddim", "euler_ancestral")
@@ -23,8 +25,8 @@ def sample(den: Denoiser, noise: torch.Tensor, sampler: str = "ddim", steps: int
            variance: str = "beta", generator: torch.Generator | None = None, clip_x0: float | None = None,
            cond: dict | None = None, guidance_scale: float = 1.0, uncond: dict | None = None,
            mask: torch.Tensor | None = None, known: torch.Tensor | None = None,
-           repaint: tuple[int, int] | None = None, reconstruction: float | None = None, callback=None,
-           progress: bool = False) -> torch.Tensor:
+           repaint: tuple[int, int] | None = None, reconstruction: float | None = None, x0_projection=None,
+           noise_color=None, callback=None, progress: bool = False) -> torch.Tensor:
     """Generate data from `noise` ~ N(0, I) of the output's shape [B, C, *dims].
 
     sampler:   ddpm | ddim | euler | euler_ancestral | heun | dpmpp_2m
@@ -37,6 +39,10 @@ def sample(den: Denoiser, noise: torch.Tensor, sampler: str = "ddim", steps: int
     mask / known: masked generation (mask 1 = known); `repaint=(jump_length, jump_n_sample)` adds
                RePaint resampling (ddpm/ddim); `reconstruction=w` adds reconstruction guidance of
                weight w (Ho et al. 2022; any sampler; a backward pass per model call)
+    x0_projection: `f(x0, sigma) -> x0` applied to every clean estimate (after clip_x0 and guidance),
+               e.g. consistency with an observation; eps follows the projected x0
+    noise_color: a linear map L for a noise prior N(0, L L^T): `noise` and every fresh draw go
+               through it (core/noise.py); the model must have been trained with the same prior
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
@@ -56,6 +62,9 @@ def sample(den: Denoiser, noise: torch.Tensor, sampler: str = "ddim", steps: int
             raise ValueError("classifier-free guidance (guidance_scale != 1) needs both `cond` and `uncond`")
         den = Denoiser(GuidedModel(den.model, guidance_scale, uncond), den.schedule, den.prediction, den.clip_x0)
     levels = den.schedule.levels(steps, spacing, timesteps=timesteps, sigmas=sigmas, rho=rho)
+    if noise_color is not None:
+        noise = noise_color(noise)
+        generator = ColoredNoise(noise_color, generator)
 
     project = None
     if mask is not None or known is not None:
@@ -66,6 +75,8 @@ def sample(den: Denoiser, noise: torch.Tensor, sampler: str = "ddim", steps: int
             den = ReconstructionGuided(den, mask, known, reconstruction)
     elif reconstruction is not None:
         raise ValueError("reconstruction guidance needs `mask` and `known`")
+    if x0_projection is not None:
+        den = ProjectedEstimate(den, x0_projection)
     common = dict(generator=generator, cond=cond, callback=callback, progress=progress)
 
     if repaint is not None:

@@ -9,7 +9,7 @@ Two families share one Denoiser:
   noise * sqrt(1 + sigma_max^2), which is the same point in the other coordinates.
 
 Every sampler walks `levels` (see Schedule.levels) and takes the same keywords:
-`generator` for its noise, `cond` for the model, `callback(info)` once per step,
+`generator` for its noise (a torch.Generator, or core.noise.ColoredNoise for a noise prior), `cond` for the model, `callback(info)` once per step,
 `progress` for a tqdm bar, and `project(x, alpha, sigma)`, applied to the state
 after every step (at the new level, in the sampler's own coordinates, i.e.
 x = alpha x0 + sigma eps); masked generation uses it to re-impose the known part.
@@ -22,16 +22,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .denoiser import Denoiser
+from .noise import randn_like
 from .schedule import ZERO_SNR_SIGMA, Levels
 
 VP_SAMPLERS = ("ddpm", "ddim")
 VE_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m")
 SAMPLERS = VP_SAMPLERS + VE_SAMPLERS
 DDPM_VARIANCES = ("beta", "posterior")
-
-
-def _randn(x: torch.Tensor, generator) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def _steps(levels: Levels, progress: bool, name: str):
@@ -49,7 +46,7 @@ def ddim_step(den: Denoiser, x, t, ab: float, ab_prev: float, eta: float = 0.0, 
     var = eta**2 * (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev) if eta > 0 else 0.0
     x_prev = math.sqrt(ab_prev) * est.x0 + math.sqrt(max(1 - ab_prev - var, 0.0)) * est.eps
     if var > 0:
-        x_prev = x_prev + math.sqrt(var) * _randn(x, generator)
+        x_prev = x_prev + math.sqrt(var) * randn_like(x, generator)
     return x_prev, est.x0
 
 
@@ -64,7 +61,7 @@ def ddpm_step(den: Denoiser, x, t, ab: float, ab_prev: float, variance: str = "b
     if last:
         return mean, est.x0
     var = beta if variance == "beta" else beta * (1 - ab_prev) / (1 - ab)
-    return mean + math.sqrt(var) * _randn(x, generator), est.x0
+    return mean + math.sqrt(var) * randn_like(x, generator), est.x0
 
 
 def _vp_loop(step, name, den, x, levels, generator, cond, callback, progress, project, **kw):
@@ -137,7 +134,7 @@ def euler_ancestral(den, x, levels, *, eta=1.0, generator=None, cond=None, callb
         up = min(s_next, eta * math.sqrt(max(s_next**2 * (s**2 - s_next**2) / s**2, 0.0)))
         down = math.sqrt(s_next**2 - up**2)
         x = x0 + (down / s) * (x - x0)
-        return x + up * _randn(x, generator) if up > 0 else x
+        return x + up * randn_like(x, generator) if up > 0 else x
 
     return _ve_loop(update, "euler_ancestral", den, x, levels, generator, cond, callback, progress, project)
 

@@ -72,13 +72,15 @@ class SampleConfig:
 
 
 def batch_loss(net, cfg: DiffusionConfig, sched: Schedule, x0: torch.Tensor, rand, cond: dict | None = None,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+               mask: torch.Tensor | None = None, noise_color=None, error_map=None) -> torch.Tensor:
     """diffusion_loss with t and noise taken from the step's BatchRandom (so it is resumable and the
-    same for any number of processes)."""
+    same for any number of processes); `noise_color` / `error_map`: a noise prior (core/noise.py)."""
     t = rand.randint(sched.T).to(torch.float64).cpu()
     noise = rand.randn(*x0.shape[1:]).to(x0.device, x0.dtype)
     for ndim, fmt in ((4, torch.channels_last), (5, torch.channels_last_3d)):
         if x0.ndim == ndim and x0.is_contiguous(memory_format=fmt):
             noise = noise.contiguous(memory_format=fmt)  # x_t keeps the fast layout
+    if noise_color is not None:
+        noise = noise_color(noise)
     return diffusion_loss(net, sched, x0, cfg.prediction, cfg.weighting, min_snr_gamma=cfg.min_snr_gamma,
-                          loss_type=cfg.loss_type, mask=mask, t=t, noise=noise, cond=cond)
+                          loss_type=cfg.loss_type, mask=mask, t=t, noise=noise, cond=cond, error_map=error_map)
