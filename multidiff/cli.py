@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", type=int, help="6 = the fast schedule (default), or e.g. 50 (the training T)")
     v.add_argument("--sampler", choices=SAMPLERS, help="default ddpm (DiffWave's ancestral sampler)")
     v.add_argument("--chunk-frames", type=int, help="vocode long inputs in overlapping chunks of this many frames")
+    v.add_argument("--consistency", type=int, help="mel-consistency iterations on every clean estimate (0 = off)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     v.set_defaults(func=_vocode)

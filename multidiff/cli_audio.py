@@ -52,7 +52,8 @@ def vocode_command(args) -> int:
         wav = audio.vocode(sections, model, mel, args.steps or v.steps, dev, bf16,
                            torch.Generator().manual_seed(args.seed + i), sampler=args.sampler or v.sampler,
                            chunk_frames=args.chunk_frames if args.chunk_frames is not None else v.chunk_frames,
-                           overlap=v.overlap_frames)
+                           overlap=v.overlap_frames,
+                           consistency=args.consistency if args.consistency is not None else v.consistency)
         target = out / (p.stem + ".wav") if len(inputs) > 1 or args.out.endswith("/") or out.is_dir() else out
         write_wav(target, wav, sections["data"].sample_rate)
         print(f"wrote {target} ({wav.shape[-1] / sections['data'].sample_rate:.2f} s, from {ckpt.name})")

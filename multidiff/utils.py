@@ -52,5 +52,8 @@ ADDED_KEY = "identity_omits_default"
 def added_key(default):
     """A config dataclass field for a key added after runs already existed: at its default it is
     left out of a run's identity (train.config.to_toml(..., identity=True): the stage and checkpoint
-    hashes), so runs made before the key existed still skip their finished stages and still resume."""
+    hashes), so runs made before the key existed still skip their finished stages and still resume.
+    A list default is copied for each instance."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={ADDED_KEY: True})
     return dataclasses.field(default=default, metadata={ADDED_KEY: True})

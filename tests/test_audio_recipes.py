@@ -12,6 +12,7 @@ import torch
 from multidiff.cli import main
 from multidiff.core import Schedule, diffusion_loss
 from multidiff.data.audio import AudioData, build_audio_dataset, random_crop
+from multidiff.metrics.audio import log_mel_distance
 from multidiff.models.diffwave import DiffWave
 from multidiff.recipes.audio import FAST_BETAS, levels_kwargs
 
@@ -29,7 +30,7 @@ def vocoder_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vocoder")
     cli("train", ROOT / "recipes/diffwave_espeak", "--out", tmp / "run", f"data.root={tmp / 'corpus'}",
         "prep.utterances=16", *TINY, "data.crop_frames=8", "eval.n=2", "eval.steps=[6, 10]", "eval.save_wavs=1",
-        "eval.griffin_lim_iters=4")
+        "eval.griffin_lim_iters=4", "eval.consistency=[3]")
     return tmp
 
 
@@ -38,8 +39,13 @@ def test_vocoder_recipe_builds_its_corpus_trains_and_evaluates(vocoder_run):
     assert (vocoder_run / "corpus/metadata.csv").exists() and (vocoder_run / "corpus/splits/eval.txt").exists()
     ev = json.loads((run / "eval.json").read_text())
     assert ev["split"] == "eval"
-    assert [r["method"] for r in ev["rows"]] == ["diffwave_6", "diffwave_10", "griffin_lim"]
+    rows = {r["method"]: r for r in ev["rows"]}
+    assert list(rows) == ["diffwave_6", "diffwave_10", "diffwave_6_consistency3", "untrained_6_consistency3",
+                          "griffin_lim"]
     assert all(math.isfinite(r["log_mel_db"]) and r["rtf"] > 0 for r in ev["rows"])
+    # a 4-step model's output has little to do with the mel; consistency pulls it (and an untrained net's) onto it
+    for name in ("diffwave_6_consistency3", "untrained_6_consistency3"):
+        assert rows[name]["log_mel_db"] < rows["diffwave_6"]["log_mel_db"] / 2
     for name in ("00_original.wav", "00_diffwave_6.wav", "00_griffin_lim.wav"):
         audio, sr = sf.read(run / "samples" / name)
         assert sr == 22050 and len(audio) > 1000
@@ -48,24 +54,34 @@ def test_vocoder_recipe_builds_its_corpus_trains_and_evaluates(vocoder_run):
     assert gl["envelope"] > 0.8 and gl["pause_db"] < -30
 
 
-def test_vocoder_with_priorgrads_noise_prior_trains_vocodes_and_fills_gaps(vocoder_run, tmp_path):
-    """[model] noise_prior = "mel_energy" through the real CLI: the train stage fits the prior's energy
-    range on the training mels, the checkpoint carries it, vocode / inpaint sample audio / s."""
+@pytest.mark.parametrize("prior", ["mel_energy", "mel_envelope"])
+def test_vocoder_with_a_noise_prior_trains_vocodes_and_fills_gaps(vocoder_run, tmp_path, prior):
+    """[model] noise_prior through the real CLI: the train stage fits the prior on the training mels,
+    the checkpoint carries it, vocode / inpaint sample with the prior's noise."""
     run = tmp_path / "prior"
     cli("train", ROOT / "recipes/diffwave_espeak", "--out", run, f"data.root={vocoder_run / 'corpus'}",
-        "model.noise_prior=mel_energy", *TINY, "data.crop_frames=8", "eval.n=1", "eval.steps=[6]",
+        f"model.noise_prior={prior}", *TINY, "data.crop_frames=8", "eval.n=1", "eval.steps=[6]",
         "eval.save_wavs=0", "eval.griffin_lim_iters=4")
     from safetensors.torch import load_file
 
     ckpt = next((run / "checkpoints").glob("step_*"))
-    lo, hi = load_file(ckpt / "ema.safetensors")["prior.energy_range"].tolist()
-    assert 0 < lo < hi
+    ema = load_file(ckpt / "ema.safetensors")
+    if prior == "mel_energy":
+        lo, hi = ema["prior.energy_range"].tolist()
+        assert 0 < lo < hi
+    else:
+        assert float(ema["prior.scale"]) > 0
     wav = next((vocoder_run / "corpus/wavs").glob("*.wav"))
     cli("vocode", run, "--input", wav, "--out", tmp_path / "one.wav", "--chunk-frames", 20)
+    cli("vocode", run, "--input", wav, "--out", tmp_path / "consistent.wav", "--consistency", 3)
+    src = torch.from_numpy(sf.read(wav)[0]).float()
+    dist = {n: log_mel_distance(src, torch.from_numpy(sf.read(tmp_path / n)[0]).float()) for n in ("one.wav",
+                                                                                                  "consistent.wav")}
+    assert dist["consistent.wav"] < dist["one.wav"] / 2  # consistency works with the prior's noise
     cli("inpaint", run, "--input", wav, "--gap", "0.30:0.40", "--out", tmp_path / "filled.wav")
     src, sr = sf.read(wav)
     out, _ = sf.read(tmp_path / "filled.wav")
-    assert abs(out[:int(0.3 * sr)] - src[:int(0.3 * sr)]).max() < 1e-3  # known audio passes through x = s * y
+    assert abs(out[:int(0.3 * sr)] - src[:int(0.3 * sr)]).max() < 1e-3  # known audio is kept
 
 
 def test_fast_schedule_uses_the_aligned_fractional_steps():

@@ -148,19 +148,26 @@ def mel_magnitude(mel: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
     return 10 ** ((mel * 100 - 80) / 20) if cfg.style == "lmnt" else mel.exp()
 
 
+def filterbank(cfg: MelConfig) -> torch.Tensor:
+    """[n_fft // 2 + 1, n_mels] the mel filterbank the feature uses (lmnt: torchaudio's HTK
+    triangles, unnormalised; hifigan: librosa's slaney basis), so mel magnitude = fb.T @ |STFT|."""
+    if cfg.style == "lmnt":
+        return torchaudio.functional.melscale_fbanks(cfg.n_fft // 2 + 1, cfg.f_min, cfg.fmax, cfg.n_mels,
+                                                     cfg.sample_rate)
+    return _hifigan_tensors(_key(cfg), "cpu")[1].T.clone()
+
+
 def griffin_lim(mel: torch.Tensor, cfg: MelConfig, n_iter: int = 64) -> torch.Tensor:
     """The classic non-neural vocoder, as a baseline: undo the log/normalisation, map mel bands back
     to linear frequency with the filterbank's pseudo-inverse (clamped at 0), then Griffin-Lim phase
     reconstruction (Griffin & Lim 1984; torchaudio's fast variant with momentum 0.99).
     mel [n_mels, frames] -> waveform [1, frames * hop]."""
-    n_stft = cfg.n_fft // 2 + 1
     mag = mel_magnitude(mel, cfg)
+    fb = filterbank(cfg)
     if cfg.style == "lmnt":
-        fb = torchaudio.functional.melscale_fbanks(n_stft, cfg.f_min, cfg.fmax, cfg.n_mels, cfg.sample_rate)
         window_norm = torch.hann_window(cfg.win_length).pow(2).sum().sqrt()
         center, normalized = True, True
     else:
-        fb = _hifigan_tensors(_key(cfg), "cpu")[1].T  # the same slaney basis the feature used
         window_norm, center, normalized = 1.0, False, False
     linear = (torch.linalg.pinv(fb.T.double()) @ mag.double()).clamp(min=0).float()  # [n_stft, frames]
     gl = torchaudio.transforms.GriffinLim(n_fft=cfg.n_fft, n_iter=n_iter, win_length=cfg.win_length,

@@ -46,10 +46,10 @@ class DiffWaveConfig:
     num_classes: int = 0             # > 0: label embedding; label num_classes is the null label
     max_steps: int = 50              # training T: rows of the step-embedding table
     upsampler_init: str = "interpolate"  # or "lmnt" (PyTorch's default init); see SpectrogramUpsampler
-    # PriorGrad's mel-shaped noise prior (models/priorgrad.py): the recipe wraps the net when set;
-    # the network itself is the same either way
-    noise_prior: str = added_key("none")   # "none" | "mel_energy"
-    prior_std_min: float = added_key(0.1)  # the prior's floor (pauses); 1 = the loudest training frame
+    # a mel-shaped noise prior (models/noise_prior.py): the noise the model is trained and sampled
+    # with; the network itself is the same either way
+    noise_prior: str = added_key("none")   # "none" | "mel_energy" (PriorGrad) | "mel_envelope" (SpecGrad-style)
+    prior_std_min: float = added_key(0.1)  # the prior's floor (pauses; per bin for mel_envelope); 1 = the loudest frame
 
 
 BASE = dict(residual_channels=64, residual_layers=30, dilation_cycle=10)
@@ -322,10 +322,10 @@ def _check(cfg: DiffWaveConfig) -> DiffWaveConfig:
         raise ValueError(f"[model] max_steps must be >= 2 (the training T), got {cfg.max_steps}")
     if cfg.upsampler_init not in ("interpolate", "lmnt"):
         raise ValueError(f"[model] upsampler_init must be 'interpolate' or 'lmnt', got {cfg.upsampler_init!r}")
-    if cfg.noise_prior not in ("none", "mel_energy"):
-        raise ValueError(f"[model] noise_prior must be 'none' or 'mel_energy', got {cfg.noise_prior!r}")
+    if cfg.noise_prior not in ("none", "mel_energy", "mel_envelope"):
+        raise ValueError(f"[model] noise_prior must be 'none', 'mel_energy' or 'mel_envelope', got {cfg.noise_prior!r}")
     if cfg.noise_prior != "none" and cfg.n_mels == 0:
-        raise ValueError("[model] noise_prior = 'mel_energy' shapes the noise by the mel: it needs a vocoder "
+        raise ValueError(f"[model] noise_prior = '{cfg.noise_prior}' shapes the noise by the mel: it needs a vocoder "
                          "(n_mels > 0); use noise_prior = 'none' for an unconditional model")
     if cfg.n_mels > 0:
         upsample_strides(cfg)  # raises a clear error for a hop it cannot build

@@ -13,13 +13,15 @@ import torch
 from ..core import Denoiser, sample
 from ..data.audio import AudioData, AudioDataError, build_audio_dataset
 from ..data.mel import MelConfig, silence_mel
+from ..data.mel_consistency import MelConsistency
 from ..models.diffwave import DiffWave, DiffWaveConfig
-from ..models.priorgrad import MelEnergyPrior, PriorScaled
+from ..models.noise_prior import MelEnergyPrior, MelEnvelopePrior, NoisePriorModel
 from ..train import TrainConfig, Trainer, latest_checkpoint, load_ema_weights
 from ..train.config import ConfigError
 from ..train.diffusion import DiffusionConfig, batch_loss
 from ..train.distributed import DistInfo, barrier
 from ..train.precision import InferenceModel, resolve_precision
+from ..utils import added_key
 from .run import Run, section_hash
 
 # lmnt-com/diffwave's fast 6-step inference schedule (Kong et al. 2021, Table 8)
@@ -42,6 +44,7 @@ class VocodeConfig:
     chunk_frames: int = 0             # > 0: vocode long inputs in overlapping chunks of this many frames
     overlap_frames: int = 16
     seed: int = 0
+    consistency: int = added_key(0)   # > 0: mel-consistency iterations on every clean estimate (data/mel_consistency.py)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class AudioEvalConfig:
     steps: list[int] = field(default_factory=lambda: [6, 50])
     griffin_lim_iters: int = 64
     save_wavs: int = 4
+    consistency: list[int] = added_key([])  # also evaluate 6 steps with these mel-consistency iterations
 
 
 SCHEMA = {"data": AudioData, "model": DiffWaveConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
@@ -83,11 +87,11 @@ def cache_dir(run: Run) -> Path:
 class AudioTask:
     """Loss for DiffWave: random aligned crops (drawn from the step's random numbers, so resumable
     and independent of the number of processes), noise, the core's diffusion loss. With a noise
-    prior the core diffuses audio / s (models/priorgrad.py)."""
+    prior, the noise is the prior's and the error is weighted by its whitening (models/noise_prior.py)."""
 
     channels_last = False
 
-    def __init__(self, sections: dict, device: torch.device, prior: MelEnergyPrior | None = None):
+    def __init__(self, sections: dict, device: torch.device, prior: torch.nn.Module | None = None):
         self.s, self.device, self.prior = sections, device, prior
         self.sched = sections["diffusion"].build_schedule()
         self.mel = mel_config(sections)
@@ -120,23 +124,26 @@ class AudioTask:
         cond, audio = {}, audio.to(self.device)
         if is_vocoder(self.s):
             cond["mel"] = mel.to(self.device)
+        prior = {}
         if self.prior is not None:
-            audio = self.prior.to_prior(audio, cond["mel"])
+            mel = cond["mel"]
+            prior = dict(noise_color=lambda z: self.prior.color(z, mel), error_map=lambda r: self.prior.whiten(r, mel))
         if self.s["model"].num_classes:
             cond["y"] = torch.tensor([y for _, _, y in batch], device=self.device)
-        return batch_loss(net, self.s["diffusion"], self.sched, audio, rand, cond)
+        return batch_loss(net, self.s["diffusion"], self.sched, audio, rand, cond, **prior)
 
     def preview(self, model, path: Path) -> None:
         return None  # audio previews are the evaluate stage's WAVs
 
 
-def build_model(sections: dict) -> DiffWave | PriorScaled:
-    """The DiffWave; with [model] noise_prior = "mel_energy", wrapped as a denoiser of audio / s."""
+def build_model(sections: dict) -> DiffWave | NoisePriorModel:
+    """The DiffWave; with a [model] noise_prior, together with its (to be fitted) prior."""
     m = sections["model"]
     net = DiffWave(m)
     if m.noise_prior == "none":
         return net
-    return PriorScaled(net, MelEnergyPrior(mel_config(sections), m.prior_std_min))
+    kind = MelEnergyPrior if m.noise_prior == "mel_energy" else MelEnvelopePrior
+    return NoisePriorModel(net, kind(mel_config(sections), m.prior_std_min))
 
 
 def load_trained(run_dir: Path, sections: dict):
@@ -165,35 +172,39 @@ def levels_kwargs(sections: dict, steps: int) -> dict:
 
 def generate_audio(sections: dict, model, n_samples: int, mel: torch.Tensor | None, steps: int, device, bf16: bool,
                    generator: torch.Generator, sampler: str = "ddpm", mask=None, known=None,
-                   labels=None, batch: int = 1, **masked) -> torch.Tensor:
+                   labels=None, batch: int = 1, consistency: int = 0, **extra) -> torch.Tensor:
     """[B, 1, n_samples] waveforms: vocoded from `mel` [B, n_mels, frames], or unconditional (B = batch).
-    `masked`: sample()'s repaint= / reconstruction= for filling the mask == 0 part of `known`."""
+    `consistency` > 0: that many mel-consistency iterations on every clean estimate (vocoders only).
+    `extra`: sample()'s repaint= / reconstruction= for filling the mask == 0 part of `known`."""
     B = mel.shape[0] if mel is not None else (known.shape[0] if known is not None else batch)
     cond = {}
     if mel is not None:
         cond["mel"] = mel
     if labels is not None:
         cond["y"] = labels
-    prior = getattr(model, "prior", None)  # the core samples y = audio / s, from N(0, I) as always
-    if prior is not None and known is not None:
-        known = prior.to_prior(known, mel)
+    if getattr(model, "prior", None) is not None:
+        extra["noise_color"] = model.noise_color(mel)
+    if consistency > 0:
+        if mel is None:
+            raise ValueError("mel consistency needs a mel: it applies to vocoders, not unconditional models")
+        project = MelConsistency(mel.to(device), mel_config(sections), consistency)
+        extra["x0_projection"] = lambda x0, sigma: project(x0)
     noise = torch.randn(B, 1, n_samples, generator=generator)
     kw = {"variance": "posterior"} if sampler == "ddpm" else {}
     x = sample(denoiser(sections, model, device, bf16), noise, sampler, generator=generator, cond=cond or None,
-               mask=mask, known=known, **levels_kwargs(sections, steps), **kw, **masked)
-    if prior is not None:
-        x = prior.from_prior(x, mel.to(x.device))
+               mask=mask, known=known, **levels_kwargs(sections, steps), **kw, **extra)
     return x.clamp(-1, 1)
 
 
 def vocode(sections: dict, model, mel: torch.Tensor, steps: int, device, bf16: bool, generator,
-           sampler: str = "ddpm", chunk_frames: int = 0, overlap: int = 16) -> torch.Tensor:
+           sampler: str = "ddpm", chunk_frames: int = 0, overlap: int = 16, consistency: int = 0) -> torch.Tensor:
     """mel [n_mels, frames] -> waveform [1, frames * hop]. Long inputs go in overlapping chunks
     (one batch) joined with linear cross-fades, so memory stays bounded and no seam is audible."""
     hop = sections["model"].hop_length
     frames = mel.shape[-1]
     if chunk_frames <= 0 or frames <= chunk_frames:
-        return generate_audio(sections, model, frames * hop, mel[None], steps, device, bf16, generator, sampler)[0]
+        return generate_audio(sections, model, frames * hop, mel[None], steps, device, bf16, generator, sampler,
+                              consistency=consistency)[0]
     if overlap >= chunk_frames:
         raise ValueError(f"overlap ({overlap} frames) must be smaller than the chunk ({chunk_frames} frames)")
     stride = chunk_frames - overlap
@@ -201,7 +212,8 @@ def vocode(sections: dict, model, mel: torch.Tensor, steps: int, device, bf16: b
     pad = starts[-1] + chunk_frames - frames
     padded = torch.cat([mel, silence_mel(mel_config(sections))[:, None].expand(-1, pad)], 1) if pad > 0 else mel
     chunks = torch.stack([padded[:, s:s + chunk_frames] for s in starts])
-    audio = generate_audio(sections, model, chunk_frames * hop, chunks, steps, device, bf16, generator, sampler)
+    audio = generate_audio(sections, model, chunk_frames * hop, chunks, steps, device, bf16, generator, sampler,
+                           consistency=consistency)
     out = torch.zeros(1, (starts[-1] + chunk_frames) * hop)
     weight = torch.zeros_like(out)
     ramp = torch.ones(chunk_frames * hop)
@@ -252,8 +264,7 @@ def train(run: Run, dist: DistInfo, resume: bool) -> dict:
     prior = getattr(model, "prior", None)
     if prior is not None:  # the training set's energy range (a resumed run loads the same from its checkpoint)
         prior.fit(ds[i][1] for i in range(len(ds)))
-        lo, hi = prior.energy_range.tolist()
-        run.log(f"[train] mel-energy noise prior: frame energy {lo:.4g} .. {hi:.4g}, floor {prior.std_min}")
+        run.log(f"[train] {s['model'].noise_prior} noise prior fitted on {len(ds)} training mels")
     trainer = Trainer(model, ds, AudioTask(s, dist.device, prior), s["train"], run.dir, dist=dist,
                       fingerprint=fingerprint(s))
     ckpt = trainer.fit(resume=resume)

@@ -58,15 +58,19 @@ def evaluate(run: Run, dist) -> dict:
     except ValueError:
         split, ds = "train", build_audio_dataset(s["data"], "train", cache_dir=audio.cache_dir(run))
     n = min(ev.n, len(ds))
-    methods = {f"diffwave_{k}": k for k in ev.steps}
+    methods = {f"diffwave_{k}": (model, k, 0) for k in ev.steps}
+    methods.update({f"diffwave_6_consistency{c}": (model, 6, c) for c in ev.consistency})
+    if ev.consistency:  # the control: what the projection does on its own, with an untrained network
+        methods[f"untrained_6_consistency{max(ev.consistency)}"] = (_untrained_like(model, s), 6, max(ev.consistency))
     per = {m: [] for m in [*methods, "griffin_lim"]}
     first = {}  # the first utterance's resyntheses, for samples/spectrograms.png
     for i in range(n):
         ref, mel, _ = ds[i]
-        for name, steps in methods.items():
+        for name, (net, steps, consistency) in methods.items():
             t0 = time.perf_counter()
-            est = audio.vocode(s, model, mel, steps, dist.device, bf16, torch.Generator().manual_seed(i),
-                               chunk_frames=s["vocode"].chunk_frames, overlap=s["vocode"].overlap_frames)
+            est = audio.vocode(s, net, mel, steps, dist.device, bf16, torch.Generator().manual_seed(i),
+                               chunk_frames=s["vocode"].chunk_frames, overlap=s["vocode"].overlap_frames,
+                               consistency=consistency)
             secs = time.perf_counter() - t0
             per[name].append({**_scores(ref, est, sr, hop), "rtf": real_time_factor(secs, ref.shape[-1], sr)})
             if i == 0:
@@ -92,6 +96,15 @@ def evaluate(run: Run, dist) -> dict:
         run.log(f"[evaluate] {r['method']}: log-mel {r['log_mel_db']:.2f} dB, MR-STFT {r['mr_stft']:.3f}, "
                 f"RTF {r['rtf']:.3f}")
     return {"eval": str(run.dir / "eval.json")}
+
+
+def _untrained_like(model, sections: dict):
+    """A freshly initialised model of the same config (its zero output conv predicts eps = 0), with
+    the trained model's noise-prior statistics if it has a prior."""
+    fresh = audio.build_model(sections)
+    if getattr(model, "prior", None) is not None:
+        fresh.prior.load_state_dict(model.prior.state_dict())
+    return fresh
 
 
 def _evaluate_unconditional(run: Run, model, ckpt, dist, bf16) -> dict:

@@ -120,7 +120,9 @@ def build_sections(tables: dict, schema: dict[str, type], file="config") -> dict
 
 def _omitted(obj, name: str, value) -> bool:
     f = {f.name: f for f in dataclasses.fields(obj)}.get(name)
-    return f is not None and f.metadata.get(ADDED_KEY, False) and value == f.default
+    if f is None or not f.metadata.get(ADDED_KEY, False):
+        return False
+    return value == (f.default_factory() if f.default is dataclasses.MISSING else f.default)
 
 
 def to_toml(sections: dict, identity: bool = False) -> str:
