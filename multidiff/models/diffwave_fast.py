@@ -17,6 +17,21 @@ import torch
 import torch.nn.functional as F
 
 
+def fill_taps(taps: torch.Tensor, h: torch.Tensor, d: int, C: int) -> None:
+    """The dilated conv's im2col: taps[:, t, :C] = h[t - d], [C:2C] = h[t], [2C:3C] = h[t + d], zero
+    beyond the ends (the conv's zero padding); columns from 3C on are left alone."""
+    L = h.shape[1]
+    taps[:, :, C:2 * C] = h
+    if d < L:
+        taps[:, d:, :C] = h[:, :L - d]
+        taps[:, :d, :C] = 0
+        taps[:, :L - d, 2 * C:3 * C] = h[:, d:]
+        taps[:, L - d:, 2 * C:3 * C] = 0
+    else:
+        taps[:, :, :C] = 0
+        taps[:, :, 2 * C:3 * C] = 0
+
+
 def _param_key(model) -> tuple:
     return tuple((id(p), p._version) for p in model.parameters())
 
@@ -130,15 +145,7 @@ def fast_forward(model, x: torch.Tensor, emb: torch.Tensor, mel: torch.Tensor | 
         for i in range(n):
             d = pack["dil"][i]
             torch.add(u, e[:, i, None, :], out=h)
-            buf[:, :, C:2 * C] = h
-            if d < L:  # taps at t - d and t + d, zero beyond the ends (the conv's zero padding)
-                buf[:, d:, :C] = h[:, :L - d]
-                buf[:, :d, :C] = 0
-                buf[:, :L - d, 2 * C:3 * C] = h[:, d:]
-                buf[:, L - d:, 2 * C:3 * C] = 0
-            else:
-                buf[:, :, :C] = 0
-                buf[:, :, 2 * C:3 * C] = 0
+            fill_taps(buf, h, d, C)
             W = pack["Wdc"][i] if K > 3 * C and cond is None else pack["Wd"][i]
             torch.addmm(cond[i] if cond is not None else pack["bias"][i], buf2, W, out=z)
             # the gate in fp32: sigmoid(2b) - 1/2 cancels, and a bf16-rounded sigmoid would cost

@@ -28,21 +28,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .diffwave_fast import fill_taps
+
 INV_SQRT2 = 1 / math.sqrt(2.0)
-
-
-def _fill_taps(taps: torch.Tensor, hi: torch.Tensor, d: int, C: int) -> None:
-    """taps[:, t, :C] = hi[t - d], [C:2C] = hi[t], [2C:3C] = hi[t + d]; zero beyond the ends."""
-    L = hi.shape[1]
-    taps[:, :, C:2 * C] = hi
-    if d < L:
-        taps[:, d:, :C] = hi[:, :L - d]
-        taps[:, :d, :C] = 0
-        taps[:, :L - d, 2 * C:3 * C] = hi[:, d:]
-        taps[:, L - d:, 2 * C:3 * C] = 0
-    else:
-        taps[:, :, :C] = 0
-        taps[:, :, 2 * C:3 * C] = 0
 
 
 class _ResidualLayer(torch.autograd.Function):
@@ -53,7 +41,7 @@ class _ResidualLayer(torch.autograd.Function):
     def forward(ctx, h, skip, up, e, Wd, Wc, b, Wo, bo, dilation: int):
         B, L, C = h.shape
         taps = h.new_empty(B, L, 3 * C)
-        _fill_taps(taps, h + e[:, None, :], dilation, C)
+        fill_taps(taps, h + e[:, None, :], dilation, C)
         taps2 = taps.view(B * L, 3 * C)
         if up is not None:  # the conditioner as its own GEMM: a K = 3C + M GEMM is 2-3x slower here
             z = torch.addmm(b, up, Wc).addmm_(taps2, Wd)
@@ -86,7 +74,7 @@ class _ResidualLayer(torch.autograd.Function):
         dWd, db = taps2.t() @ dz, dz.sum(0)
         dtaps = (dz @ Wd.t()).view(B, L, 3 * C)
         dhi = dtaps[:, :, C:2 * C].clone()
-        if d < L:  # the adjoint of the shifts in _fill_taps
+        if d < L:  # the adjoint of the shifts in fill_taps
             dhi[:, :L - d] += dtaps[:, d:, :C]
             dhi[:, d:] += dtaps[:, :L - d, 2 * C:]
         de = dhi.sum(1, dtype=torch.promote_types(dt, torch.float32)).to(dt)           # e is broadcast over time
