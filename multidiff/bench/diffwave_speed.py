@@ -145,18 +145,23 @@ def train_step_fn(model, forward, bf16: bool, batch: int = 16, frames: int = 62)
     return step
 
 
-def gemm_floor(seconds_of_audio: float, timer) -> dict:
-    """The no-grad path's matrix-multiply FLOPs for 6 calls + one conditioner, over this machine's
-    measured rate on the model's main GEMM ([L, 192] x [192, 128]): a floor no exact fp32/bf16
-    implementation of this model beats on this CPU."""
+def arithmetic_floor(seconds_of_audio: float, timer) -> dict:
+    """A lower bound on the no-grad path at this CPU's measured rates: its matrix-multiply FLOPs (6
+    calls + one conditioner) at the rate of the model's main GEMM ([L, 192] x [192, 128], output
+    preallocated, best of 20), plus the gate's 2C sigmoids per sample per layer at the rate of one
+    in-place fp32 sigmoid pass (best of 20). No exact fp32/bf16 implementation of this model beats
+    the GEMM part; the gate part could only shrink with an approximate sigmoid."""
     L, C, M, n = HOP * FRAMES, 64, 80, 30
     flops = 6 * (n * 2 * L * (3 * C * 2 * C + 2 * C * C) - 2 * L * C * C) + 2 * L * M * 2 * C * n
     out = {"gflop": flops / 1e9}
     for dt in (torch.float32, torch.bfloat16):
         a, b = torch.randn(L, 3 * C, dtype=dt), torch.randn(3 * C, 2 * C, dtype=dt)
-        t = min(timer(lambda: a @ b, 5, warmup=2))
+        o = torch.empty(L, 2 * C, dtype=dt)
+        t = min(timer(lambda: torch.mm(a, b, out=o), 20, warmup=2))
         rate = 2 * L * 3 * C * 2 * C / t
         out[dt] = (rate / 1e9, flops / rate / seconds_of_audio)
+    z = torch.randn(L, 2 * C)
+    out["gate"] = 6 * n * min(timer(lambda: z.sigmoid_(), 20, warmup=2)) / seconds_of_audio
     return out
 
 
@@ -207,7 +212,7 @@ def main(argv=None) -> None:
             r["others_train"] = max(timer.others, default=float("nan"))
             del model
 
-    floor = gemm_floor(audio_s, Timer(args.wait_idle))
+    floor = arithmetic_floor(audio_s, Timer(args.wait_idle))
     base = rows[0]["med"]
     print(f"DiffWave BASE (64 ch, 30 layers), 1 s of 22.05 kHz audio ({FRAMES} frames x hop {HOP}), 6-step fast "
           f"schedule (6 model calls); torch {torch.__version__}, {torch.get_num_threads()} threads; median of "
@@ -225,7 +230,8 @@ def main(argv=None) -> None:
     print(f"GEMM floor: the 6 calls + conditioner are {floor['gflop']:.0f} GFLOP of matrix multiplies; at this CPU's "
           f"measured rate on the model's main GEMM ({floor[torch.float32][0]:.0f} GFLOP/s fp32, "
           f"{floor[torch.bfloat16][0]:.0f} bf16) that alone is a real-time factor of "
-          f"{floor[torch.float32][1]:.2f} (fp32) / {floor[torch.bfloat16][1]:.2f} (bf16).")
+          f"{floor[torch.float32][1]:.2f} (fp32) / {floor[torch.bfloat16][1]:.2f} (bf16); the gate's sigmoids "
+          f"(fp32, in place) add {floor['gate']:.2f}: floor {floor[torch.bfloat16][1] + floor['gate']:.2f} in bf16.")
     others = [r[k] for r in rows for k in ("others", "others_train") if k in r and r[k] == r[k]]
     if others:
         print(f"Other processes' share of the {os.cpu_count()} cores during the timed runs: at most "
