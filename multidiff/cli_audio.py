@@ -9,7 +9,7 @@ import torch
 from .data.audio import read_audio
 from .data.mel import mel_spectrogram
 from .recipes import audio, registry
-from .recipes.audio_eval import write_wav
+from .recipes.audio import write_wav
 from .recipes.image_inpainting import CompletionSampling
 from .recipes.run import load_run
 
@@ -68,8 +68,15 @@ def sample_command(args) -> int:
     sr, hop = sections["data"].sample_rate, sections["model"].hop_length
     n_samples = int(sr * args.seconds) // hop * hop
     steps = args.steps or sections["diffusion"].timesteps
+    K = sections["model"].num_classes
+    if args.label is not None and not 0 <= args.label < K:
+        raise ValueError(f"--class {args.label}: " + (f"this run has classes 0..{K - 1}" if K else
+                         "this run is unconditional ([model] num_classes = 0); drop --class"))
+    # a class-conditional model gets its classes in turn unless --class picks one (as for images)
+    labels = None if not K else torch.full((args.n,), args.label) if args.label is not None else torch.arange(args.n) % K
     x = audio.generate_audio(sections, model, n_samples, None, steps, dev, bf16,
-                             torch.Generator().manual_seed(args.seed), sampler=args.sampler or "ddpm", batch=args.n)
+                             torch.Generator().manual_seed(args.seed), sampler=args.sampler or "ddpm", batch=args.n,
+                             labels=labels, guidance=1.0 if args.guidance is None else args.guidance)
     for i in range(args.n):
         write_wav(Path(args.out) / f"sample_{i:04d}.wav", x[i], sr)
     print(f"wrote {args.n} WAVs to {args.out} (from {ckpt.name})")

@@ -2,7 +2,6 @@
 tiny unconditional model on SC09-layout spoken digits."""
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,8 @@ from multidiff.data.audio import AudioData, build_audio_dataset, random_crop
 from multidiff.metrics.audio import log_mel_distance
 from multidiff.models.diffwave import DiffWave
 from multidiff.recipes.audio import FAST_BETAS, levels_kwargs
+
+from helpers.spoken_digits import spoken_digits_sc09
 
 ROOT = Path(__file__).parent.parent
 TINY = ["model.residual_channels=8", "model.residual_layers=4", "model.dilation_cycle=2", "train.steps=4",
@@ -174,25 +175,38 @@ def test_a_short_run_makes_the_vocoder_rely_on_its_mel_input(vocoder_run, one_th
     assert used > 1.02 and abs(ignored - 1) < 0.005, (used, ignored)
 
 
-def test_unconditional_audio_recipe_on_spoken_digits(tmp_path):
-    """SC09 layout: the ten digit words spoken by espeak-ng at 16 kHz, validation/testing lists."""
-    root = tmp_path / "sc09"
-    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-    for i, w in enumerate(words):
-        for k, voice in enumerate(["en", "en-us"]):
-            d = root / w
-            d.mkdir(parents=True, exist_ok=True)
-            raw = tmp_path / f"{w}{k}.wav"
-            subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), w], check=True)
-            audio, sr = sf.read(raw)
-            from multidiff.data.audio import read_audio
-
-            sf.write(d / f"spk{k}_nohash_0.wav", read_audio(raw, 16000)[0].numpy(), 16000)
-    (root / "validation_list.txt").write_text("zero/spk1_nohash_0.wav\n")
-    (root / "testing_list.txt").write_text("one/spk1_nohash_0.wav\n")
+def test_unconditional_audio_recipe_on_spoken_digits(tmp_path, capsys):
+    """SC09 layout: the ten digit words spoken by espeak-ng at 16 kHz, one voice held out (testing list).
+    The evaluation scores the generated clips with a classifier trained on the train clips' mels."""
+    root = spoken_digits_sc09(tmp_path / "sc09", ["en", "en-us", "en-gb+f2"], held_out=["en-gb+f2"])
     cli("train", ROOT / "recipes/diffwave_sc09_uncond", "--out", tmp_path / "run", f"data.root={root}", *TINY,
         "diffusion.timesteps=20", "model.max_steps=20", "train.num_workers=0", "eval.n=2", "eval.steps=[5]")
     assert len(list((tmp_path / "run/samples").glob("*.wav"))) == 2
+    ev = json.loads((tmp_path / "run/eval.json").read_text())
+    assert ev["classes"] == 10 and ev["train_clips"] == 20 and ev["held_out_clips"] == 10
+    real, gen = ev["rows"]
+    assert real["method"] == "real held-out clips" and gen["method"] == "diffwave_5"
+    for key in ("fd", "inception_score", "confidence", "coverage"):
+        assert math.isfinite(real[key]) and math.isfinite(gen[key]), key
+    assert "modified_inception_score" in gen  # NaN when no two clips share a predicted class
+    assert 0 <= real["label_accuracy"] <= 1 and "label_accuracy" not in gen  # unconditional: no labels asked for
+    assert (tmp_path / "run/eval/mel_classifier.safetensors").exists()
+    assert "| real held-out clips |" in (tmp_path / "run/eval.md").read_text()
     cli("sample", tmp_path / "run", "--n", 2, "--steps", 4, "--out", f"{tmp_path}/gen/")
     audio, sr = sf.read(tmp_path / "gen/sample_0000.wav")
     assert sr == 16000 and len(audio) == 16000 // 256 * 256
+    assert main(["sample", str(tmp_path / "run"), "--n", "1", "--class", "3", "--out", f"{tmp_path}/x/"]) == 2
+    assert "this run is unconditional ([model] num_classes = 0); drop --class" in capsys.readouterr().err
+
+    # class-conditional: labels in training (with class dropout for guidance), in the evaluation and in sample
+    cli("train", ROOT / "recipes/diffwave_sc09_uncond", "--out", tmp_path / "cond", f"data.root={root}", *TINY,
+        "diffusion.timesteps=20", "model.max_steps=20", "model.num_classes=10", "train.num_workers=0", "eval.n=2",
+        "eval.steps=[5]", "eval.guidance=2.0")
+    gen = json.loads((tmp_path / "cond/eval.json").read_text())["rows"][-1]
+    assert 0 <= gen["label_accuracy"] <= 1
+    cli("sample", tmp_path / "cond", "--n", 2, "--steps", 4, "--class", 7, "--guidance", 3, "--out", f"{tmp_path}/g7/")
+    cli("sample", tmp_path / "cond", "--n", 2, "--steps", 4, "--class", 7, "--out", f"{tmp_path}/u7/")
+    guided, plain = (sf.read(tmp_path / f"{d}/sample_0001.wav")[0] for d in ("g7", "u7"))
+    assert guided.shape == plain.shape and abs(guided - plain).max() > 0  # guidance changes the samples
+    assert main(["sample", str(tmp_path / "cond"), "--n", "1", "--class", "10", "--out", f"{tmp_path}/x/"]) == 2
+    assert "--class 10: this run has classes 0..9" in capsys.readouterr().err

@@ -93,6 +93,27 @@ def test_class_conditional():
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
 
 
+def test_class_dropout_trains_the_null_label_only_in_training():
+    """Guidance needs an unconditional model inside the conditional one: in training, a share
+    class_dropout of the labels is replaced by the null label (1.0: all of them); in eval, never."""
+    m = randomize(DiffWave(**{**TINY, "n_mels": 0, "num_classes": 3, "class_dropout": 1.0}))
+    x, t, y = rand(2, 1, 32), torch.tensor([3.0, 9.0]), torch.tensor([0, 2])
+    with torch.no_grad():
+        null, labelled = m(x, t), m(x, t, y=y)
+        m.train()
+        dropped = m(x, t, y=y)
+    torch.testing.assert_close(dropped, null)
+    assert not torch.allclose(labelled, null)
+    m.cfg.class_dropout = 0.5
+    torch.manual_seed(0)
+    with torch.no_grad():
+        outs = m(x[:1].expand(200, 1, 32), t[:1].expand(200), y=torch.ones(200, dtype=torch.long))
+    is_null = (outs - null[:1]).flatten(1).abs().amax(1) < 1e-6
+    assert 70 <= int(is_null.sum()) <= 130  # Binomial(200, 0.5)
+    with pytest.raises(ValueError, match="class_dropout"):
+        DiffWave(**{**TINY, "num_classes": 3, "class_dropout": 1.5})
+
+
 def test_zero_init_output_and_lmnt_init():
     m = DiffWave(**TINY).eval()
     assert not m.output_projection.weight.any()
@@ -247,7 +268,7 @@ def forward_backward(model, x, t, mel=None, y=None, seed=5):
     return out.detach(), x.grad, None if mel is None else mel.grad, grads
 
 
-@pytest.mark.parametrize("kw,L", [(TINY, 64), ({**TINY, "n_mels": 0, "num_classes": 3}, 64),
+@pytest.mark.parametrize("kw,L", [(TINY, 64), ({**TINY, "n_mels": 0, "num_classes": 3, "class_dropout": 0.0}, 64),
                                   ({**TINY, "dilation_cycle": 6, "residual_layers": 6}, 32)])
 def test_training_path_gradients_equal_the_module_path(kw, L):
     """float64: the hand-written backward is autograd's on the module path to rounding (every

@@ -8,7 +8,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.datasets import load_digits
 
 from multidiff.metrics import (
-    InceptionFeatures, digit_metrics, feature_stats, frechet_distance, load_classifier, psnr,
+    InceptionFeatures, digit_metrics, feature_stats, frechet_distance, inception_scores, load_classifier, psnr,
     save_classifier, ssim, ssim_map, train_digit_classifier,
 )
 from multidiff.metrics.inception import WEIGHTS_NAME
@@ -190,6 +190,23 @@ def test_digit_metrics_separate_real_from_junk(clf, digits):
     threes = x_train[y_train == 3][:60]
     single = digit_metrics(clf, threes, ref)
     assert single["coverage"] == pytest.approx(0.1) and single["class_counts"][3] >= 55
+
+
+def test_inception_scores_closed_forms():
+    K = 4
+    onehot = torch.eye(K).repeat(3, 1)                       # confident, evenly spread, 3 per class
+    s = inception_scores(onehot)
+    assert s["inception_score"] == pytest.approx(K) and s["modified_inception_score"] == pytest.approx(1.0)
+    same = torch.tensor([[0.7, 0.2, 0.1]]).repeat(5, 1)      # identical predictions: no information
+    assert inception_scores(same)["inception_score"] == pytest.approx(1.0)
+    # two samples of class 0 and one of class 1: mIS averages KL over the pair of class 0 only
+    p = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]], dtype=torch.float64)
+    kl = lambda a, b: float((a * (a / b).log()).sum())
+    marg = p.mean(0)
+    s = inception_scores(p)
+    assert s["inception_score"] == pytest.approx(np.exp(np.mean([kl(q, marg) for q in p])))
+    assert s["modified_inception_score"] == pytest.approx(np.exp((kl(p[0], p[1]) + kl(p[1], p[0])) / 2))
+    assert np.isnan(inception_scores(torch.eye(3))["modified_inception_score"])  # no class has two samples
 
 
 def test_classifier_save_load_roundtrip(clf, digits, tmp_path):

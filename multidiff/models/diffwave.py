@@ -44,6 +44,7 @@ class DiffWaveConfig:
     hop_length: int = 256            # audio samples per mel frame; the upsampler is derived from it
     upsample_strides: list[int] = field(default_factory=list)  # explicit factorisation of hop_length
     num_classes: int = 0             # > 0: label embedding; label num_classes is the null label
+    class_dropout: float = added_key(0.1)  # training only: share of labels replaced by the null label (guidance)
     max_steps: int = 50              # training T: rows of the step-embedding table
     upsampler_init: str = "interpolate"  # or "lmnt" (PyTorch's default init); see SpectrogramUpsampler
     # a mel-shaped noise prior (models/noise_prior.py): the noise the model is trained and sampled
@@ -271,6 +272,9 @@ class DiffWave(nn.Module):
         if self.label_embedding is not None:
             if y is None:
                 y = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
+            elif self.training and self.cfg.class_dropout > 0:  # the null label learns p(x): guidance needs it
+                drop = torch.rand(y.shape, device=y.device) < self.cfg.class_dropout
+                y = torch.where(drop, torch.full_like(y, self.null_label), y)
             emb = emb + self.label_embedding(y.long())
         if self.fast:
             return fast_forward(self, x, emb, mel) if not torch.is_grad_enabled() else train_forward(self, x, emb, mel)
@@ -318,6 +322,8 @@ def _check(cfg: DiffWaveConfig) -> DiffWaveConfig:
         v = getattr(cfg, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"[model] {key} must be an integer >= 0, got {v!r}")
+    if not 0.0 <= float(cfg.class_dropout) <= 1.0:
+        raise ValueError(f"[model] class_dropout must be in [0, 1], got {cfg.class_dropout}")
     if cfg.max_steps < 2:
         raise ValueError(f"[model] max_steps must be >= 2 (the training T), got {cfg.max_steps}")
     if cfg.upsampler_init not in ("interpolate", "lmnt"):

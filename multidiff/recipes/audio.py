@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import soundfile as sf
 import torch
 
 from ..core import Denoiser, sample
@@ -21,7 +22,7 @@ from ..train.config import ConfigError
 from ..train.diffusion import DiffusionConfig, batch_loss
 from ..train.distributed import DistInfo, barrier
 from ..train.precision import InferenceModel, resolve_precision
-from ..utils import added_key
+from ..utils import added_key, atomic_path
 from .run import Run, section_hash
 
 # lmnt-com/diffwave's fast 6-step inference schedule (Kong et al. 2021, Table 8)
@@ -55,10 +56,21 @@ class AudioEvalConfig:
     griffin_lim_iters: int = 64
     save_wavs: int = 4
     consistency: list[int] = added_key([])  # also evaluate 6 steps with these mel-consistency iterations
+    # unconditional models (audio_uncond_eval.py): clip length, clips per sampling batch, and the epochs
+    # of the classifier trained on the real train clips that scores them
+    seconds: float = added_key(1.0)
+    batch: int = added_key(16)
+    classifier_epochs: int = added_key(12)
+    guidance: float = added_key(1.0)  # class-conditional models: classifier-free guidance scale (1 = off)
 
 
 SCHEMA = {"data": AudioData, "model": DiffWaveConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
           "prep": AudioPrepConfig, "vocode": VocodeConfig, "eval": AudioEvalConfig}
+
+
+def write_wav(path, wav: torch.Tensor, sample_rate: int) -> None:
+    with atomic_path(path) as tmp:
+        sf.write(tmp, wav.reshape(-1).float().numpy(), sample_rate, subtype="PCM_16", format="WAV")
 
 
 def mel_config(sections: dict) -> MelConfig:
@@ -172,9 +184,11 @@ def levels_kwargs(sections: dict, steps: int) -> dict:
 
 def generate_audio(sections: dict, model, n_samples: int, mel: torch.Tensor | None, steps: int, device, bf16: bool,
                    generator: torch.Generator, sampler: str = "ddpm", mask=None, known=None,
-                   labels=None, batch: int = 1, consistency: int = 0, **extra) -> torch.Tensor:
+                   labels=None, batch: int = 1, consistency: int = 0, guidance: float = 1.0, **extra) -> torch.Tensor:
     """[B, 1, n_samples] waveforms: vocoded from `mel` [B, n_mels, frames], or unconditional (B = batch).
     `consistency` > 0: that many mel-consistency iterations on every clean estimate (vocoders only).
+    `labels` [B] (class-conditional models) with `guidance` != 1: classifier-free guidance against the
+    null label (the model learns it through [model] class_dropout).
     `extra`: sample()'s repaint= / reconstruction= for filling the mask == 0 part of `known`."""
     B = mel.shape[0] if mel is not None else (known.shape[0] if known is not None else batch)
     cond = {}
@@ -182,6 +196,10 @@ def generate_audio(sections: dict, model, n_samples: int, mel: torch.Tensor | No
         cond["mel"] = mel
     if labels is not None:
         cond["y"] = labels
+        if guidance != 1.0:
+            extra.update(guidance_scale=guidance, uncond={**cond, "y": torch.full_like(labels, sections["model"].num_classes)})
+    elif guidance != 1.0:
+        raise ValueError("guidance needs class labels: it applies to class-conditional models ([model] num_classes > 0)")
     if getattr(model, "prior", None) is not None:
         extra["noise_color"] = model.noise_color(mel)
     if consistency > 0:

@@ -3,14 +3,13 @@
 Vocoder: resynthesise held-out utterances (the eval split: for the espeak corpus, voices and
 sentences never seen in training) from their mels with 6 and 50 steps and with Griffin-Lim, and
 compare each to the original: log-mel distance (dB), multi-resolution STFT distance, PESQ/STOI
-(with the `eval` extra), real-time factor. Unconditional: write generated clips.
+(with the `eval` extra), real-time factor. Unconditional: audio_uncond_eval.py.
 """
 from __future__ import annotations
 
 import math
 import time
 
-import soundfile as sf
 import torch
 
 from ..data.audio import build_audio_dataset
@@ -19,14 +18,11 @@ from ..metrics.audio import (envelope_correlation, log_mel_distance, mr_stft_dis
                              real_time_factor)
 from ..train.plots import plot_spectrograms
 from ..train.precision import resolve_precision
-from ..utils import atomic_path, write_json, write_text
+from ..utils import write_json, write_text
 from . import audio
+from .audio import write_wav
+from .audio_uncond_eval import evaluate_unconditional
 from .run import Run
-
-
-def write_wav(path, wav: torch.Tensor, sample_rate: int) -> None:
-    with atomic_path(path) as tmp:
-        sf.write(tmp, wav.reshape(-1).float().numpy(), sample_rate, subtype="PCM_16", format="WAV")
 
 
 def _scores(ref, est, sr, hop) -> dict:
@@ -51,7 +47,7 @@ def evaluate(run: Run, dist) -> dict:
     sr, hop = s["data"].sample_rate, s["model"].hop_length
     out_dir = run.dir / "samples"
     if not audio.is_vocoder(s):
-        return _evaluate_unconditional(run, model, ckpt, dist, bf16)
+        return evaluate_unconditional(run, model, ckpt, dist, bf16)
     split = "eval"
     try:
         ds = build_audio_dataset(s["data"], split, cache_dir=audio.cache_dir(run))
@@ -105,25 +101,6 @@ def _untrained_like(model, sections: dict):
     if getattr(model, "prior", None) is not None:
         fresh.prior.load_state_dict(model.prior.state_dict())
     return fresh
-
-
-def _evaluate_unconditional(run: Run, model, ckpt, dist, bf16) -> dict:
-    s, ev = run.sections, run["eval"]
-    sr, seconds = s["data"].sample_rate, 1.0
-    n_samples = int(sr * seconds) // s["model"].hop_length * s["model"].hop_length
-    rows = []
-    for steps in ev.steps:
-        t0 = time.perf_counter()
-        x = audio.generate_audio(s, model, n_samples, None, steps, dist.device, bf16,
-                                 torch.Generator().manual_seed(0), batch=ev.n)[:, 0]
-        n = x.shape[0]
-        secs = time.perf_counter() - t0
-        for i in range(min(n, ev.save_wavs)):
-            write_wav(run.dir / "samples" / f"steps{steps}_{i:02d}.wav", x[i], sr)
-        rows.append({"steps": steps, "rtf": real_time_factor(secs, n * n_samples, sr)})
-    result = {"checkpoint": str(ckpt), "rows": rows}
-    write_json(run.dir / "eval.json", result)
-    return {"eval": str(run.dir / "eval.json")}
 
 
 COLUMNS = {"log_mel_db": "log-mel distance (dB)", "mr_stft": "MR-STFT distance", "pesq_wb": "PESQ (wb)",
