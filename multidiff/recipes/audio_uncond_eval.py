@@ -81,7 +81,7 @@ class _Scorer:
         if path.exists():
             self.clf = load_classifier(path)
         else:
-            self.clf = train_digit_classifier(self.ref, labels, size=IMAGE_SIZE, seed=0,
+            self.clf = train_digit_classifier(self.ref, labels, size=IMAGE_SIZE, seed=0, threads=None,
                                               epochs=classifier_epochs(len(labels), ev.classifier_epochs))
             save_classifier(self.clf, path)
         try:
