@@ -73,6 +73,16 @@ def write_wav(path, wav: torch.Tensor, sample_rate: int) -> None:
         sf.write(tmp, wav.reshape(-1).float().numpy(), sample_rate, subtype="PCM_16", format="WAV")
 
 
+def method_table(rows: list[dict], columns: dict[str, str], first: str = "method") -> str:
+    """An evaluation's rows as a markdown table: one row per r["method"], the `columns` (key -> header)
+    any row has, "-" where a row lacks one (e.g. PESQ without the `eval` extra)."""
+    keys = [k for k in columns if any(k in r for r in rows)]
+    lines = [f"| {first} | " + " | ".join(columns[k] for k in keys) + " |", "|---|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append(f"| {r['method']} | " + " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def mel_config(sections: dict) -> MelConfig:
     d = sections["data"]
     return MelConfig.preset(d.mel, sample_rate=d.sample_rate, hop_length=sections["model"].hop_length)

@@ -87,7 +87,7 @@ def evaluate(run: Run, dist) -> dict:
     result = {"split": split, "utterances": n, "checkpoint": str(ckpt), "precision": "bf16" if bf16 else "fp32",
               "rows": rows, "wavs": str(out_dir)}
     write_json(run.dir / "eval.json", result)
-    write_text(run.dir / "eval.md", markdown(rows))
+    write_text(run.dir / "eval.md", audio.method_table(rows, COLUMNS))
     for r in rows:
         run.log(f"[evaluate] {r['method']}: log-mel {r['log_mel_db']:.2f} dB, MR-STFT {r['mr_stft']:.3f}, "
                 f"RTF {r['rtf']:.3f}")
@@ -107,10 +107,3 @@ COLUMNS = {"log_mel_db": "log-mel distance (dB)", "mr_stft": "MR-STFT distance",
            "stoi": "STOI", "envelope": "envelope correlation", "pause_db": "level in pauses (dB)",
            "rtf": "real-time factor"}
 
-
-def markdown(rows) -> str:
-    keys = [k for k in COLUMNS if k in rows[0]]  # PESQ / STOI only with the `eval` extra
-    lines = ["| method | " + " | ".join(COLUMNS[k] for k in keys) + " |", "|---|" + "---|" * len(keys)]
-    for r in rows:
-        lines.append(f"| {r['method']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
-    return "\n".join(lines) + "\n"

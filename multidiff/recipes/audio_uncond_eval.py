@@ -71,7 +71,7 @@ class _Scorer:
         self.style, self.mel_cfg = s["data"].mel, audio.mel_config(s)
         train = build_audio_dataset(s["data"], "train", cache_dir=audio.cache_dir(run))
         self.active = 2 <= train.num_classes <= 10
-        self.header = {"classes": train.num_classes}
+        self.header, self.real_row = {"classes": train.num_classes}, None
         if not self.active:
             self.header["note"] = (f"{train.num_classes} class(es) in the data: the classifier scores need "
                                    "2-10 labelled classes (e.g. SC09's digit words)")
@@ -86,7 +86,7 @@ class _Scorer:
             save_classifier(self.clf, path)
         try:
             held = build_audio_dataset(s["data"], "eval", cache_dir=audio.cache_dir(run))
-        except ValueError:  # a corpus without an eval split: the dev split, else nothing held out
+        except ValueError:  # a corpus without an eval split: no reference row
             held = None
         self.header.update(feature_extractor="classifier trained on the real train clips' mel spectrograms",
                            train_clips=len(train))
@@ -95,8 +95,6 @@ class _Scorer:
             real = self.score(images, y)
             self.header.update(held_out_clips=len(held), classifier_held_out_accuracy=real["label_accuracy"])
             self.real_row = {"method": "real held-out clips", **real}
-        else:
-            self.real_row = None
 
     def score(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict:
         out = {k: v for k, v in digit_metrics(self.clf, images, self.ref).items() if k != "class_counts"}
@@ -118,7 +116,7 @@ def evaluate_unconditional(run: Run, model, ckpt, dist, bf16) -> dict:
     score = _Scorer(run)
     K = s["model"].num_classes
     labels = torch.arange(ev.n) % K if K else None
-    rows = [score.real_row] if getattr(score, "real_row", None) else []
+    rows = [score.real_row] if score.real_row else []
     for steps in ev.steps:
         t0, clips = time.perf_counter(), []
         g = torch.Generator().manual_seed(0)
@@ -135,7 +133,7 @@ def evaluate_unconditional(run: Run, model, ckpt, dist, bf16) -> dict:
                      "rtf": real_time_factor(secs, len(x) * n_samples, sr)})
     result = {"checkpoint": str(ckpt), "clips": ev.n, "seconds": n_samples / sr, **score.header, "rows": rows}
     write_json(run.dir / "eval.json", result)
-    write_text(run.dir / "eval.md", markdown(rows))
+    write_text(run.dir / "eval.md", audio.method_table(rows, COLUMNS, first="clips"))
     for r in rows:
         run.log(f"[evaluate] {r['method']}: " + ", ".join(f"{k} {r[k]:.3f}" for k in COLUMNS if k in r))
     return {"eval": str(run.dir / "eval.json")}
@@ -145,10 +143,3 @@ COLUMNS = {"fd": "FD (classifier features)", "inception_score": "IS", "modified_
            "confidence": "confidence", "coverage": "class coverage", "label_accuracy": "label accuracy",
            "rtf": "real-time factor"}
 
-
-def markdown(rows: list[dict]) -> str:
-    keys = [k for k in COLUMNS if any(k in r for r in rows)]
-    lines = ["| clips | " + " | ".join(COLUMNS[k] for k in keys) + " |", "|---|" + "---|" * len(keys)]
-    for r in rows:
-        lines.append(f"| {r['method']} | " + " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in keys) + " |")
-    return "\n".join(lines) + "\n"
