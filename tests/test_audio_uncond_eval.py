@@ -32,6 +32,8 @@ def test_mel_classifier_tells_held_out_speech_from_noise(tmp_path):
     noise = torch.randn(clips.shape, generator=torch.Generator().manual_seed(0)) * clips.std()
     fake = mel_images(mel_spectrogram(noise, MelConfig(sample_rate=16000)), "lmnt")
     m_real, m_noise = digit_metrics(clf, real, ref), digit_metrics(clf, fake, ref)
+    print(f"held-out voice: accuracy {acc:.2f}; real / noise: " + ", ".join(   # the sc09 README quotes these
+        f"{k} {m_real[k]:.2f} / {m_noise[k]:.2f}" for k in ("fd", "inception_score", "confidence")))
     assert acc >= 0.7, acc
     assert m_real["fd"] < 0.5 * m_noise["fd"], (m_real["fd"], m_noise["fd"])
     assert m_real["confidence"] > m_noise["confidence"] + 0.2, (m_real["confidence"], m_noise["confidence"])
