@@ -9,13 +9,15 @@ from pathlib import Path
 
 # name -> (module with main(argv), one-line help)
 BENCHMARKS = {
-    "accuracy": ("multidiff.bench.sampler_accuracy", "sampler error vs model calls against the exact Gaussian oracle"),
-    "overhead": ("multidiff.bench.sampler_overhead", "per-step sampler overhead vs diffusers' schedulers"),
-    "diffwave": ("multidiff.bench.diffwave_speed", "DiffWave vocoding/training speed vs lmnt-com/diffwave"),
-    "unet3d": ("multidiff.bench.unet3d_throughput", "video U-Net throughput vs video-diffusion-pytorch"),
-    "precision": ("multidiff.bench.precision_curves", "bf16 autocast vs fp32 loss curves on the same recipe"),
-    "unet2d": ("multidiff.bench.unet2d_throughput", "U-Net training/sampling throughput vs diffusers and "
-                                                    "denoising-diffusion-pytorch"),
+    "accuracy": ("multidiff.benchmarks.sampler_accuracy", "sampler error vs model calls against the exact Gaussian oracle"),
+    "overhead": ("multidiff.benchmarks.sampler_overhead", "per-step sampler overhead vs diffusers' schedulers"),
+    "diffwave": ("multidiff.benchmarks.diffwave_speed", "DiffWave vocoding/training speed vs lmnt-com/diffwave"),
+    "unet3d": ("multidiff.benchmarks.unet3d_throughput", "video U-Net throughput vs video-diffusion-pytorch"),
+    "precision": ("multidiff.benchmarks.precision_curves", "bf16 autocast vs fp32 loss curves on the same recipe"),
+    "unet2d": ("multidiff.benchmarks.unet2d_throughput", "U-Net training/sampling throughput vs diffusers and "
+                                                         "denoising-diffusion-pytorch"),
+    "checkpoints": ("multidiff.benchmarks.checkpoint_quality", "sample quality of every kept checkpoint of digit "
+                                                               "runs vs training time"),
 }
 
 
@@ -35,8 +37,8 @@ def _bench(args) -> int:
 
 def _train(args) -> int:
     from .recipes import registry
-    from .recipes.run import Run, load_recipe, save_resolved
-    from .train.distributed import init_distributed, shutdown
+    from .engine.runs import Run, load_recipe, save_resolved
+    from .engine.distributed import init_distributed, shutdown
 
     file, sections = load_recipe(args.recipe, args.overrides, registry.schemas())
     run_dir = Path(args.out) if args.out else Path("runs") / file.parent.name
@@ -56,7 +58,7 @@ def _train(args) -> int:
 
 def _run_kind(run_dir) -> str:
     from .recipes import registry
-    from .recipes.run import load_run
+    from .engine.runs import load_run
 
     return load_run(run_dir, registry.schemas())["recipe"].kind
 
@@ -167,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .train.checkpoint import CheckpointError
-    from .train.trainer import TrainingDiverged
+    from .engine.checkpoint import CheckpointError
+    from .engine.trainer import TrainingDiverged
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

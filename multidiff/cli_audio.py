@@ -11,7 +11,7 @@ from .data.mel import mel_spectrogram
 from .recipes import audio, registry
 from .recipes.audio import write_wav
 from .recipes.image_inpainting import CompletionSampling
-from .recipes.run import load_run
+from .engine.runs import load_run
 
 
 def _load(run_dir):

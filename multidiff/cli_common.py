@@ -5,7 +5,7 @@ import dataclasses
 
 import torch
 
-from .train.config import ConfigError
+from .engine.config import ConfigError
 
 
 def sample_settings(args, sections: dict):

@@ -10,9 +10,9 @@ from .data.image import load_image, save_image_grid
 from .data.masks import MASK_KINDS, load_mask, make_mask
 from .recipes import image, latent, registry
 from .recipes.image_inpainting import inpaint, load_for_inpaint, sub_sections, with_steps
-from .recipes.run import load_run
-from .train.distributed import DistInfo
-from .train.precision import resolve_precision
+from .engine.runs import load_run
+from .engine.distributed import DistInfo
+from .engine.precision import resolve_precision
 
 
 def _device():

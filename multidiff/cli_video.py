@@ -10,11 +10,11 @@ from .cli_image import _device
 from .data.frame_masks import frames_mask, parse_known_frames
 from .data.video import read_video, save_video_grid, write_video
 from .recipes import registry, video
-from .recipes.run import load_run
+from .engine.runs import load_run
 from .recipes.image_inpainting import with_steps
 from .recipes.video_prediction import PredictConfig, plain_model
-from .train.config import ConfigError
-from .train.precision import resolve_precision
+from .engine.config import ConfigError
+from .engine.precision import resolve_precision
 
 VIDEO_KINDS = ("video", "video_prediction")
 
@@ -66,7 +66,7 @@ def _model_for(run_dir: Path, method: str):
     if conditioned:
         if sections["recipe"].kind != "video_prediction":
             raise ConfigError(f"'{run_dir}' holds a frame-conditioned model: use --method conditioned")
-        from .recipes.run import Run
+        from .engine.runs import Run
 
         sub, model, codec = plain_model(Run(run_dir, sections, log=lambda *a: None), None, resume=False, train=False)
         return sub, model, cfg, codec

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from multidiff.core import Schedule
-from multidiff.models.gaussian_oracle import GaussianOracle
+from multidiff.core.oracle import GaussianOracle
 
 
 @pytest.fixture(autouse=True)

@@ -86,7 +86,7 @@ def test_vocoder_with_a_noise_prior_trains_vocodes_and_fills_gaps(vocoder_run, t
 
 
 def test_fast_schedule_uses_the_aligned_fractional_steps():
-    from multidiff.train.diffusion import DiffusionConfig
+    from multidiff.modalities.sections import DiffusionConfig
 
     s = {"diffusion": DiffusionConfig(timesteps=50, beta_start=1e-4, beta_end=0.05)}
     kw = levels_kwargs(s, 6)

@@ -12,7 +12,7 @@ from multidiff.models.autoencoder import (Autoencoder, AutoencoderConfig, Diagon
                                           gan_losses)
 from multidiff.recipes.autoencoder import AutoencoderEval, AutoencoderLoss, AutoencoderTask
 from multidiff.recipes.latent_codec import LatentCodec
-from multidiff.train import TrainConfig, Trainer, latest_checkpoint
+from multidiff.engine import TrainConfig, Trainer, latest_checkpoint
 
 TINY = dict(base_channels=8, norm_groups=4, num_res_blocks=1)
 

@@ -1,9 +1,9 @@
 """The shared U-Net throughput harness, on fake runs with set timings (no models, no timing noise)."""
 import pytest
 
-from multidiff.bench import throughput_harness as harness
-from multidiff.bench.unet2d_throughput import TABLE as TABLE_2D
-from multidiff.bench.unet3d_throughput import TABLE as TABLE_3D
+from multidiff.benchmarks import throughput_harness as harness
+from multidiff.benchmarks.unet2d_throughput import TABLE as TABLE_2D
+from multidiff.benchmarks.unet3d_throughput import TABLE as TABLE_3D
 
 
 class FakeRun(harness.Run):

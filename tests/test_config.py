@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from multidiff.recipes import registry
-from multidiff.recipes.run import load_recipe, load_run, save_resolved
-from multidiff.train.config import ConfigError, parse_override
+from multidiff.engine.runs import load_recipe, load_run, save_resolved
+from multidiff.engine.config import ConfigError, parse_override
 
 RECIPE = """
 [recipe]
@@ -85,7 +85,7 @@ def test_override_values_are_toml():
 def test_stage_hash_of_one_field_ignores_the_rest_of_its_section():
     """A stage that reads one key (the mask-conditioned model reads inpaint.train_masks) must not rerun
     when another key of that section changes (adding an evaluation method)."""
-    from multidiff.recipes.run import section_hash
+    from multidiff.engine.runs import section_hash
 
     root = Path(__file__).parent.parent / "recipes/image_inpainting_digits"
     base = load_recipe(root, [], registry.schemas())[1]
@@ -97,7 +97,7 @@ def test_stage_hash_of_one_field_ignores_the_rest_of_its_section():
     # whole sections hash as before dotted names existed (finished stages of old runs stay finished)
     import hashlib
 
-    from multidiff.train.config import to_toml
+    from multidiff.engine.config import to_toml
     old = hashlib.sha256(to_toml({"data": base["data"], "model": base["model"]}).encode()).hexdigest()[:16]
     assert section_hash(base, ["data", "model", "missing"]) == old
 
@@ -108,8 +108,8 @@ def test_keys_added_later_leave_the_hashes_of_existing_runs_alone():
     from dataclasses import dataclass, field
 
     from multidiff.recipes import audio
-    from multidiff.recipes.run import section_hash
-    from multidiff.train.config import to_toml
+    from multidiff.engine.runs import section_hash
+    from multidiff.engine.config import to_toml
     from multidiff.utils import added_key
 
     @dataclass

@@ -173,7 +173,7 @@ def test_reconstruction_guidance_matches_its_closed_form_in_vp_and_ve_views(line
 def test_reconstruction_guidance_reaches_through_the_sampling_wrapper_and_refuses_a_no_grad_model(linear):
     """The recipes wrap nets in InferenceModel; its forward must let the guidance's backward through
     (it once ran under no_grad, which left only x0's identity path: guidance silently did nothing)."""
-    from multidiff.train.precision import InferenceModel
+    from multidiff.engine.precision import InferenceModel
 
     model = CorrelatedGaussian(linear, 0.8)
     mask, known = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64), torch.ones(1, 1, 2, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Mel-shaped noise priors (models/noise_prior.py): PriorGrad's frame energy and the SpecGrad-style
+"""Mel-shaped noise priors (models/diffwave/noise_prior.py): PriorGrad's frame energy and the SpecGrad-style
 spectral envelope, each checked against its paper's training loss and fast sampler written out in x."""
 import math
 
@@ -8,9 +8,9 @@ import torch
 from multidiff.core import Schedule, diffusion_loss
 from multidiff.data.mel import MelConfig, mel_spectrogram
 from multidiff.models.diffwave import DiffWave
-from multidiff.models.noise_prior import MelEnergyPrior, MelEnvelopePrior, NoisePriorModel
+from multidiff.models.diffwave.noise_prior import MelEnergyPrior, MelEnvelopePrior, NoisePriorModel
 from multidiff.recipes.audio import FAST_BETAS, generate_audio
-from multidiff.train.diffusion import DiffusionConfig
+from multidiff.modalities.sections import DiffusionConfig
 
 MEL = MelConfig(hop_length=16, win_length=64, n_fft=64, n_mels=8, sample_rate=8000)
 

@@ -6,9 +6,9 @@ import torch
 
 from multidiff.recipes import registry
 from multidiff.recipes.image import train
-from multidiff.recipes.run import Run, load_recipe
-from multidiff.train.distributed import DistInfo
-from multidiff.train.precision import InferenceModel, resolve_precision
+from multidiff.engine.runs import Run, load_recipe
+from multidiff.engine.distributed import DistInfo
+from multidiff.engine.precision import InferenceModel, resolve_precision
 
 ROOT = Path(__file__).parent.parent
 TINY = ["model.base_channels=16", "model.norm_groups=8", "model.channel_mult=[1, 2]", "model.num_res_blocks=1",

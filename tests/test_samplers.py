@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from multidiff.bench.sampler_accuracy import error_table, nfe_to_reach, ode_error
+from multidiff.benchmarks.sampler_accuracy import error_table, nfe_to_reach, ode_error
 from multidiff.core import SAMPLERS, Denoiser, Schedule, sample
 
 from conftest import noise, oracle

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from multidiff.train import TrainingDiverged, latest_checkpoint
-from multidiff.train.checkpoint import checkpoint_dirs
-from multidiff.train.trainer import TrainConfig, lr_at
+from multidiff.engine import TrainingDiverged, latest_checkpoint
+from multidiff.engine.checkpoint import checkpoint_dirs
+from multidiff.engine.trainer import TrainConfig, lr_at
 
 from helpers.toy_training import make_trainer
 

@@ -5,7 +5,7 @@ import torch
 
 from multidiff.data.frame_masks import frames_mask, parse_known_frames, pattern_mask, random_frame_masks
 from multidiff.metrics.video import I3DFeatures, centroids, fvd, identity_agreement, motion
-from multidiff.train.trainer import TrainConfig, Trainer
+from multidiff.engine.trainer import TrainConfig, Trainer
 
 
 @pytest.mark.parametrize("spec, frames, want", [

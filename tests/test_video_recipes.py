@@ -10,8 +10,8 @@ import torch
 from multidiff.cli import main
 from multidiff.data.video import read_video
 from multidiff.recipes import registry
-from multidiff.recipes.run import load_recipe
-from multidiff.train.config import to_toml
+from multidiff.engine.runs import load_recipe
+from multidiff.engine.config import to_toml
 
 ROOT = Path(__file__).parent.parent
 
@@ -141,7 +141,7 @@ def test_prediction_recipe_needs_a_frame_conditioned_model(tmp_path, capsys):
 
 def test_joint_image_video_training_appends_independent_frames(tmp_path):
     from multidiff.recipes.video import VideoTask, build_model
-    from multidiff.train.trainer import BatchRandom
+    from multidiff.engine.trainer import BatchRandom
 
     _, sections = load_recipe(ROOT / "recipes/video_moving_digits", tiny(tmp_path) + ["video.image_frames=3"],
                               registry.schemas())

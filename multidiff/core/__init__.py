@@ -4,7 +4,7 @@ from .denoiser import PREDICTIONS, Denoiser, Estimate
 from .guidance import (GuidedModel, ProjectedEstimate, ReconstructionGuided, known_region_projection, repaint,
                        repaint_schedule)
 from .losses import diffusion_loss, min_snr_weight
-from .sample import sample
+from .assemble import sample
 from .samplers import SAMPLERS, ddim, ddim_step, ddpm, ddpm_step, dpmpp_2m, euler, euler_ancestral, heun
 from .schedule import SPACINGS, Levels, Schedule
 

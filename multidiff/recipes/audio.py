@@ -16,14 +16,14 @@ from ..data.audio import AudioData, AudioDataError, build_audio_dataset
 from ..data.mel import MelConfig, silence_mel
 from ..data.mel_consistency import MelConsistency
 from ..models.diffwave import DiffWave, DiffWaveConfig
-from ..models.noise_prior import MelEnergyPrior, MelEnvelopePrior, NoisePriorModel
-from ..train import TrainConfig, Trainer, latest_checkpoint, load_ema_weights
-from ..train.config import ConfigError
-from ..train.diffusion import DiffusionConfig, batch_loss
-from ..train.distributed import DistInfo, barrier
-from ..train.precision import InferenceModel, resolve_precision
+from ..models.diffwave.noise_prior import MelEnergyPrior, MelEnvelopePrior, NoisePriorModel
+from ..engine import TrainConfig, Trainer, latest_checkpoint, load_ema_weights
+from ..engine.config import ConfigError
+from ..modalities.sections import DiffusionConfig, batch_loss
+from ..engine.distributed import DistInfo, barrier
+from ..engine.precision import InferenceModel, resolve_precision
 from ..utils import added_key, atomic_path
-from .run import Run, section_hash
+from ..engine.runs import Run, section_hash
 
 # lmnt-com/diffwave's fast 6-step inference schedule (Kong et al. 2021, Table 8)
 FAST_BETAS = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
@@ -109,7 +109,7 @@ def cache_dir(run: Run) -> Path:
 class AudioTask:
     """Loss for DiffWave: random aligned crops (drawn from the step's random numbers, so resumable
     and independent of the number of processes), noise, the core's diffusion loss. With a noise
-    prior, the noise is the prior's and the error is weighted by its whitening (models/noise_prior.py)."""
+    prior, the noise is the prior's and the error is weighted by its whitening (models/diffwave/noise_prior.py)."""
 
     channels_last = False
 

@@ -16,13 +16,13 @@ from ..data.audio import build_audio_dataset
 from ..data.mel import griffin_lim
 from ..metrics.audio import (envelope_correlation, log_mel_distance, mr_stft_distance, pause_level_db, pesq_stoi,
                              real_time_factor)
-from ..train.plots import plot_spectrograms
-from ..train.precision import resolve_precision
+from ..engine.plots import plot_spectrograms
+from ..engine.precision import resolve_precision
 from ..utils import write_json, write_text
 from . import audio
 from .audio import write_wav
 from .audio_uncond_eval import evaluate_unconditional
-from .run import Run
+from ..engine.runs import Run
 
 
 def _scores(ref, est, sr, hop) -> dict:

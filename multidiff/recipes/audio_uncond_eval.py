@@ -26,7 +26,7 @@ from ..metrics.audio import real_time_factor
 from ..utils import write_json, write_text
 from . import audio
 from .audio import write_wav
-from .run import Run
+from ..engine.runs import Run
 
 IMAGE_SIZE = 32            # the classifier's view of a clip: its mel resized to 32 x 32
 MIN_CLASSIFIER_STEPS = 80  # a small corpus gets more epochs: 12 epochs of 100 clips (24 steps) underfit

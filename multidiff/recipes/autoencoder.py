@@ -15,13 +15,13 @@ import torch.distributed as torch_dist
 from ..data.image import ImageData, build_image_dataset, save_image_grid
 from ..metrics import psnr, ssim
 from ..models.autoencoder import Autoencoder, AutoencoderConfig, PatchDiscriminator, gan_losses
-from ..train import TrainConfig, Trainer, latest_checkpoint
-from ..train.checkpoint import load_optimizer_tensors, optimizer_tensors
-from ..train.precision import autocast, resolve_precision
+from ..engine import TrainConfig, Trainer, latest_checkpoint
+from ..engine.checkpoint import load_optimizer_tensors, optimizer_tensors
+from ..engine.precision import autocast, resolve_precision
 from ..utils import write_json, write_text
 from . import image
 from .latent_codec import INFO_FILE, LatentCodec, load_autoencoder, weights_hash
-from .run import Run, section_hash
+from ..engine.runs import Run, section_hash
 
 
 @dataclass
@@ -165,7 +165,7 @@ class AutoencoderTask:
 
 
 def load_model(run: Run) -> tuple[Autoencoder, object]:
-    from ..train import load_ema_weights
+    from ..engine import load_ema_weights
 
     ckpt = latest_checkpoint(run.dir / "checkpoints")
     if ckpt is None:

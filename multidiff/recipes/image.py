@@ -11,12 +11,12 @@ from tqdm.auto import tqdm
 from ..core import Denoiser, sample
 from ..data.image import ImageData, build_image_dataset, save_image_grid
 from ..models.unet2d import UNet2D, UNet2DConfig
-from ..train import TrainConfig, Trainer, latest_checkpoint, load_ema_weights
-from ..train.config import ConfigError
-from ..train.diffusion import DiffusionConfig, SampleConfig, batch_loss
-from ..train.distributed import DistInfo
-from ..train.precision import InferenceModel, resolve_precision
-from .run import Run, section_hash
+from ..engine import TrainConfig, Trainer, latest_checkpoint, load_ema_weights
+from ..engine.config import ConfigError
+from ..modalities.sections import DiffusionConfig, SampleConfig, batch_loss
+from ..engine.distributed import DistInfo
+from ..engine.precision import InferenceModel, resolve_precision
+from ..engine.runs import Run, section_hash
 
 
 @dataclass

@@ -13,10 +13,10 @@ import torch
 from ..data.image import build_image_dataset, save_image_grid
 from ..metrics import (InceptionFeatures, digit_metrics, feature_stats, frechet_distance, load_classifier,
                        save_classifier, train_digit_classifier)
-from ..train.precision import resolve_precision
+from ..engine.precision import resolve_precision
 from ..utils import write_json, write_text
 from .image import generate, load_trained
-from .run import Run
+from ..engine.runs import Run
 
 
 def parse_row(row: str) -> tuple[str, int]:

@@ -15,11 +15,11 @@ from ..core import sample
 from ..data.image import build_image_dataset, save_image_grid
 from ..data.masks import make_mask
 from ..metrics import psnr, ssim
-from ..train.config import ConfigError
-from ..train.precision import resolve_precision
+from ..engine.config import ConfigError
+from ..engine.precision import resolve_precision
 from ..utils import write_json, write_text
 from . import image
-from .run import Run, save_resolved
+from ..engine.runs import Run, save_resolved
 
 METHODS = ("repaint", "replace", "reconstruction", "conditioned")
 
@@ -193,7 +193,7 @@ def with_steps(cfg, steps: int):
 def load_for_inpaint(run_dir: Path, method: str, schemas) -> tuple[dict, torch.nn.Module, InpaintConfig]:
     """The model a method needs from a run directory: an inpainting recipe's run (both models inside)
     or a plain image run (unconditional or mask-conditioned)."""
-    from .run import load_run
+    from ..engine.runs import load_run
 
     sections = load_run(run_dir, schemas)
     cfg = sections.get("inpaint", InpaintConfig())

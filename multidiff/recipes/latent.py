@@ -21,12 +21,12 @@ import torch
 
 from ..data.image import build_image_dataset
 from ..data.latents import build_latent_cache
-from ..train.config import ConfigError
-from ..train.distributed import barrier
+from ..engine.config import ConfigError
+from ..engine.distributed import barrier
 from ..utils import read_json, write_json
 from . import image, image_inpainting
 from .latent_codec import INFO_FILE, LatentCodec, load_autoencoder
-from .run import Run, load_recipe, save_resolved
+from ..engine.runs import Run, load_recipe, save_resolved
 
 RECORD = "latent.json"
 

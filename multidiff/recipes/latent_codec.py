@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models.autoencoder import Autoencoder, DiagonalGaussian
-from ..train.config import ConfigError
-from ..train.precision import autocast, resolve_precision
+from ..engine.config import ConfigError
+from ..engine.precision import autocast, resolve_precision
 from ..utils import read_json
 
 INFO_FILE = "autoencoder.json"
@@ -95,9 +95,9 @@ def load_autoencoder(run_dir, device=None, bf16: bool | None = None, precision: 
 
     Raises ConfigError, naming the file and the fix, when the run is missing, unfinished, or its
     autoencoder.json no longer matches the weights beside it."""
-    from ..train import load_ema_weights
+    from ..engine import load_ema_weights
     from . import registry
-    from .run import load_run
+    from ..engine.runs import load_run
 
     run_dir = Path(run_dir)
     info_path = run_dir / INFO_FILE

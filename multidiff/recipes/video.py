@@ -18,13 +18,13 @@ from ..data.frame_masks import PATTERNS, random_frame_masks
 from ..data.image import save_image_grid
 from ..data.video import VideoData, build_video_dataset, save_video_grid, write_gif, write_video
 from ..models.unet3d import UNet3D, UNet3DConfig
-from ..train import TrainConfig, Trainer, latest_checkpoint, load_ema_weights, to_toml
-from ..train.config import ConfigError
-from ..train.diffusion import DiffusionConfig, SampleConfig, batch_loss
-from ..train.distributed import DistInfo
-from ..train.precision import resolve_precision
+from ..engine import TrainConfig, Trainer, latest_checkpoint, load_ema_weights, to_toml
+from ..engine.config import ConfigError
+from ..modalities.sections import DiffusionConfig, SampleConfig, batch_loss
+from ..engine.distributed import DistInfo
+from ..engine.precision import resolve_precision
 from . import image
-from .run import Run
+from ..engine.runs import Run
 from .video_latent import VideoLatentConfig, codec_of, decode_clips, encode_clips, identity, latent_view
 
 
@@ -167,7 +167,7 @@ def build_model(sections: dict) -> UNet3D:
 
 def load_trained(run_dir: Path, sections: dict, codec=None) -> tuple[UNet3D, Path]:
     """The EMA weights of a run; refuses weights trained on other latents than `codec` gives."""
-    from ..train.checkpoint import read_state
+    from ..engine.checkpoint import read_state
 
     ckpt = latest_checkpoint(Path(run_dir) / "checkpoints")
     if ckpt is None:

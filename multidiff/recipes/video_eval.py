@@ -16,10 +16,10 @@ import torch
 from ..data.video import build_video_dataset
 from ..metrics import digit_metrics, load_classifier, save_classifier, train_digit_classifier
 from ..metrics.video import I3DFeatures, fvd, frames_of, identity_agreement, motion
-from ..train.precision import resolve_precision
+from ..engine.precision import resolve_precision
 from ..utils import write_json, write_text
 from .image_eval import nfe, parse_row
-from .run import Run
+from ..engine.runs import Run
 from .video import codec_of, generate, load_trained, save_clips, save_frame_grid
 
 

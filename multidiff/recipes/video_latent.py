@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..train.config import ConfigError
+from ..engine.config import ConfigError
 
 
 @dataclass

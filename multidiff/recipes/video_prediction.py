@@ -25,13 +25,13 @@ from ..data.frame_masks import frames_mask, parse_known_frames, pattern_mask
 from ..data.video import build_video_dataset, save_video_grid
 from ..metrics import psnr, ssim
 from ..metrics.video import frames_of, motion
-from ..train import latest_checkpoint
-from ..train.config import ConfigError
-from ..train.precision import resolve_precision
+from ..engine import latest_checkpoint
+from ..engine.config import ConfigError
+from ..engine.precision import resolve_precision
 from ..utils import write_json, write_text
 from . import video
 from .image_inpainting import CompletionSampling
-from .run import Run, load_recipe, load_run, save_resolved
+from ..engine.runs import Run, load_recipe, load_run, save_resolved
 
 METHODS = ("conditioned", "replace", "repaint", "reconstruction")
 

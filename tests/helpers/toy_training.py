@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from multidiff.train import TrainConfig, Trainer, init_distributed
-from multidiff.train.diffusion import DiffusionConfig, batch_loss
+from multidiff.engine import TrainConfig, Trainer, init_distributed
+from multidiff.modalities.sections import DiffusionConfig, batch_loss
 
 
 class Waves(torch.utils.data.Dataset):

@@ -1,7 +1,7 @@
 """Sampler error vs number of model evaluations, against the exact Gaussian oracle.
 
 For data N(mean, std^2) the optimal denoiser and the exact probability-flow ODE solution are
-closed form (models/gaussian_oracle.py), so the error left after sampling is the sampler's
+closed form (core/oracle.py), so the error left after sampling is the sampler's
 discretisation error alone. Run: `multidiff bench accuracy`.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 import torch
 
 from ..core import Denoiser, Schedule, sample
-from ..models.gaussian_oracle import GaussianOracle
+from ..core.oracle import GaussianOracle
 
 ODE_SAMPLERS = ("euler", "ddim", "heun", "dpmpp_2m")
 

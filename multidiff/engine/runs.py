@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..train.config import ConfigError, build_sections, read_recipe, to_toml
+from .config import ConfigError, build_sections, read_recipe, to_toml
 from ..utils import read_json, write_json, write_text
 
 

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from ..data.mel import MelConfig, filterbank, mel_magnitude
+from ...data.mel import MelConfig, filterbank, mel_magnitude
 
 PRIORS = ("none", "mel_energy", "mel_envelope")
 

@@ -14,7 +14,7 @@ iterations are interleaved across all configurations (round-robin), so a burst o
 another process hits every row alike; each cell is the median over rounds.
 TFLOP/s counts FlopCounterMode's forward FLOPs (x3 for a training step) and is compared with
 the bf16 conv peak measured at the start and at the end (the best of both).
-Run: `python benchmarks/unet3d_throughput.py` (needs video-diffusion-pytorch for the peer); on a
+Run: `multidiff bench unet3d` (needs video-diffusion-pytorch for the peer); on a
 machine shared with other jobs add `--threads 1`: two OpenMP threads on two busy cores wait on each
 other at every op, which hurts the models with many small ops most (the peer's bf16 path above all).
 """

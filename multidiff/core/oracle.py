@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core.denoiser import check_prediction, target_for
-from ..core.schedule import Schedule
+from .denoiser import check_prediction, target_for
+from .schedule import Schedule
 
 
 class GaussianOracle(torch.nn.Module):

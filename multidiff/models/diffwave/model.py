@@ -12,9 +12,9 @@ restores it); and an optional class / speaker label embedding is added to the st
 
 Three code paths, one set of weights: the module path runs the layers as written above (the
 reference, lmnt's code structure; `model.fast = False`); with gradients the same function runs as
-one GEMM per layer with a hand-written backward (diffwave_train.py, what training uses: 1.5-2x
+one GEMM per layer with a hand-written backward (train_path.py, what training uses: 1.5-2x
 faster on a CPU); under `torch.no_grad()` as a few GEMMs per layer with the weights repacked
-(diffwave_fast.py). fp32 agrees with the module path to ~1e-6, gradients included.
+(fast.py). fp32 agrees with the module path to ~1e-6, gradients included.
 """
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils import added_key
-from .diffwave_fast import fast_forward
-from .diffwave_train import train_forward
-from .inputs import check_labels, check_timesteps
+from ...utils import added_key
+from .fast import fast_forward
+from .train_path import train_forward
+from ..inputs import check_labels, check_timesteps
 
 MAX_DERIVED_STRIDE = 32
 EMBED_DIM = 512
@@ -47,7 +47,7 @@ class DiffWaveConfig:
     class_dropout: float = added_key(0.1)  # training only: share of labels replaced by the null label (guidance)
     max_steps: int = 50              # training T: rows of the step-embedding table
     upsampler_init: str = "interpolate"  # or "lmnt" (PyTorch's default init); see SpectrogramUpsampler
-    # a mel-shaped noise prior (models/noise_prior.py): the noise the model is trained and sampled
+    # a mel-shaped noise prior (models/diffwave/noise_prior.py): the noise the model is trained and sampled
     # with; the network itself is the same either way
     noise_prior: str = added_key("none")   # "none" | "mel_energy" (PriorGrad) | "mel_envelope" (SpecGrad-style)
     prior_std_min: float = added_key(0.1)  # the prior's floor (pauses; per bin for mel_envelope); 1 = the loudest frame
@@ -338,6 +338,3 @@ def _check(cfg: DiffWaveConfig) -> DiffWaveConfig:
     cfg.upsample_strides = [int(s) for s in cfg.upsample_strides]
     return cfg
 
-
-# lmnt checkpoints: kept in their own module, re-exported here (defined after DiffWave, which it builds)
-from .diffwave_lmnt import load_lmnt_checkpoint  # noqa: E402,F401

@@ -28,7 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .diffwave_fast import fill_taps
+from .fast import fill_taps
 
 INV_SQRT2 = 1 / math.sqrt(2.0)
 

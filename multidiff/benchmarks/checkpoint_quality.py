@@ -1,7 +1,7 @@
 """Sample quality vs training time: score every kept checkpoint of digit runs (pixel-space image runs
 and latent runs alike) with one saved digit classifier, for "training time to a given quality".
 
-    python -m multidiff.bench.checkpoint_quality runs/image_digits32 runs/latent_digits \
+    multidiff bench checkpoints runs/image_digits32 runs/latent_digits \
         --classifier runs/image_digits32/eval/digit_classifier.safetensors --n 400
 
 Training time at a checkpoint is read from the run's metrics.jsonl (wall clock since the first
@@ -20,10 +20,10 @@ from ..data.image import build_image_dataset
 from ..metrics import digit_metrics, load_classifier
 from ..recipes import image, latent, registry
 from ..recipes.image_eval import stack
-from ..recipes.run import load_run
-from ..train import load_ema_weights
-from ..train.checkpoint import checkpoint_dirs
-from ..train.precision import resolve_precision
+from ..engine.runs import load_run
+from ..engine import load_ema_weights
+from ..engine.checkpoint import checkpoint_dirs
+from ..engine.precision import resolve_precision
 
 
 def train_seconds(run_dir: Path) -> dict[int, float]:
@@ -42,7 +42,10 @@ def main(argv=None) -> None:
     ap.add_argument("--sampler", default="dpmpp_2m")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     clf = load_classifier(args.classifier)
     dev = torch.device("cpu")
     bf16 = resolve_precision("auto", dev)

@@ -14,7 +14,7 @@ another process hits every row alike; each cell is the median over rounds.
 TFLOP/s counts FlopCounterMode's forward FLOPs (x3 for a training step) and is compared
 with the bf16 conv and matmul peaks measured at the start (and again at the end: the best
 of both counts, so load from another process cannot deflate the peak).
-Run: `python benchmarks/unet2d_throughput.py` (needs the `bench` extra for the peers).
+Run: `multidiff bench unet2d` (needs the `bench` extra for the peers).
 """
 from __future__ import annotations
 

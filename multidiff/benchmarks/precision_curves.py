@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from ..recipes import registry
-from ..recipes.run import Run, load_recipe
-from ..train.distributed import DistInfo
+from ..engine.runs import Run, load_recipe
+from ..engine.distributed import DistInfo
 
 
 def train_once(recipe: str, precision: str, steps: int, out: Path) -> tuple[list[float], float]:

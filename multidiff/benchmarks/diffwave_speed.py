@@ -6,7 +6,7 @@ fast schedule, at BASE size (64 channels, 30 layers). Ours runs through the core
 (autocast when bf16); lmnt's runs its own `inference.py` loop. Each timed run gets a fresh mel
 tensor, so our once-per-utterance conditioner cost is included. Training: one Adam step on a
 batch of 16 crops of 62 frames (15,872 samples), lmnt's L1 loss on eps. Times are medians
-after a warm-up. Run: `python benchmarks/diffwave_speed.py` (needs the `bench` extra).
+after a warm-up. Run: `multidiff bench diffwave` (needs the `bench` extra).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 
 from ..core import Denoiser, Schedule, sample
 from ..models.diffwave import DiffWave
-from ..train.precision import InferenceModel
+from ..engine.precision import InferenceModel
 
 SR, HOP, FRAMES = 22050, 256, 86
 TRAIN_BETAS = np.linspace(1e-4, 0.05, 50)

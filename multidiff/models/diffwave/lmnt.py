@@ -10,7 +10,7 @@ from dataclasses import fields
 
 import torch
 
-from .diffwave import DiffWave, DiffWaveConfig, derive_upsample_strides
+from .model import DiffWave, DiffWaveConfig, derive_upsample_strides
 
 
 class _AttrDictStandIn:

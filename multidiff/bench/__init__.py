@@ -1,1 +1,0 @@
-"""Benchmarks run by `multidiff bench NAME` and by the scripts under benchmarks/."""

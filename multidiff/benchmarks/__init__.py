@@ -1,0 +1,1 @@
+"""Benchmarks run by `multidiff bench NAME`: each module prints a table (see docs/)."""
