@@ -2,20 +2,29 @@
 import pytest
 import torch
 
-from multidiff.core import diffusion_loss, min_snr_weight
-from multidiff.core.denoiser import target_for, to_estimate
+from multidiff.core import OBJECTIVES, PREDICTIONS, diffusion_loss, min_snr_weight
 
 from conftest import noise
 
 
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_targets_convert_back_exactly(prediction):
+    obj = OBJECTIVES[prediction]
     x0, eps = noise(4, 3, 5, seed=1), noise(4, 3, 5, seed=2)
     ab = torch.tensor([0.999, 0.5, 0.1, 1e-4], dtype=torch.float64)
     a, s = ab.sqrt(), (1 - ab).sqrt()
     x_t = a.view(-1, 1, 1) * x0 + s.view(-1, 1, 1) * eps
-    est = to_estimate(target_for(prediction, x0, eps, a, s), x_t, a, s, prediction)
+    est = obj.to_estimate(obj.target(x0, eps, a, s), x_t, a, s)
     assert torch.allclose(est.x0, x0, atol=1e-10) and torch.allclose(est.eps, eps, atol=1e-10)
+    # the same output read in VE coordinates x = x0 + sigma_ve eps, where the net saw x * c_in = x_t
+    sigma_ve, c_in = (s / a).view(-1, 1, 1), a.view(-1, 1, 1)
+    x_ve = x0 + sigma_ve * eps
+    assert torch.allclose(x_ve * c_in, x_t, atol=1e-12)
+    assert torch.allclose(obj.denoise_ve(obj.target(x0, eps, a, s), x_ve, sigma_ve, c_in), x0, atol=1e-10)
+    # and with one float level for the whole batch, as the VE samplers call it
+    est1 = obj.to_estimate(obj.target(x0, eps, 0.8, 0.6), 0.8 * x0 + 0.6 * eps, 0.8, 0.6)
+    assert torch.allclose(est1.x0, x0, atol=1e-10) and torch.allclose(est1.eps, eps, atol=1e-10)
+    assert torch.allclose(obj.denoise_ve(obj.target(x0, eps, 0.8, 0.6), x0 + 0.75 * eps, 0.75, 0.8), x0, atol=1e-10)
 
 
 class Oracle(torch.nn.Module):
@@ -27,7 +36,7 @@ class Oracle(torch.nn.Module):
 
     def forward(self, x_t, t):
         ab = self.sched.alpha_bar_at(t.double())
-        return target_for(self.prediction, self.x0, self.eps, ab.sqrt(), (1 - ab).sqrt()).float()
+        return OBJECTIVES[self.prediction].target(self.x0, self.eps, ab.sqrt(), (1 - ab).sqrt()).float()
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])

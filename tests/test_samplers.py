@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from multidiff.benchmarks.sampler_accuracy import error_table, nfe_to_reach, ode_error
-from multidiff.core import SAMPLERS, Denoiser, Schedule, sample
+from multidiff.core import SAMPLERS, Denoiser, sample
 
 from conftest import noise, oracle
 

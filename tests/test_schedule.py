@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from multidiff.core import Schedule
+from multidiff.core import SCHEDULES, Schedule
+from multidiff.modalities.sections import DiffusionConfig
 
 from conftest import noise
 
@@ -168,3 +169,34 @@ def test_bad_schedules():
         Schedule.from_betas([0.1, 1.5])
     with pytest.raises(ValueError, match="timesteps must lie"):
         Schedule.linear().sigma_at(1000.5)
+
+
+def _old_build_schedule(cfg: DiffusionConfig) -> Schedule:
+    """DiffusionConfig.build_schedule as an if/elif, before the named-schedule table (verbatim)."""
+    T = cfg.timesteps
+    if cfg.schedule == "linear":
+        s = Schedule.linear(T, cfg.beta_start, cfg.beta_end)
+    elif cfg.schedule == "scaled_linear":
+        s = Schedule.scaled_linear(T, cfg.beta_start, cfg.beta_end)
+    elif cfg.schedule == "cosine":
+        s = Schedule.cosine(T)
+    else:
+        s = Schedule.sigmoid(T)
+    return s.rescale_zero_terminal_snr() if cfg.zero_terminal_snr else s
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("zero_terminal_snr", [False, True])
+def test_named_schedules_are_the_config_schedules(name, zero_terminal_snr):
+    for betas in ({}, {"beta_start": 2e-4, "beta_end": 0.05}):
+        cfg = DiffusionConfig(schedule=name, timesteps=50, zero_terminal_snr=zero_terminal_snr, **betas)
+        assert torch.equal(cfg.build_schedule().betas, _old_build_schedule(cfg).betas)
+    # no range given: each constructor's own default
+    assert torch.equal(Schedule.named(name, 50).betas, SCHEDULES[name](50).betas)
+
+
+def test_named_schedule_errors():
+    with pytest.raises(ValueError, match="unknown schedule 'quadratic'"):
+        Schedule.named("quadratic", 10)
+    with pytest.raises(ValueError, match=r"diffusion.schedule = 'quadratic' is not one of \('linear'"):
+        DiffusionConfig(schedule="quadratic")

@@ -10,15 +10,12 @@ import math
 
 import torch
 
-from ..core import Denoiser, Schedule, sample
+from ..core import Denoiser, Schedule, nfe, sample
 from ..core.oracle import GaussianOracle
 
+# the deterministic samplers, all on the same sigmas (karras or log-uniform, not each one's default
+# spacing), so that the table compares the integrators alone
 ODE_SAMPLERS = ("euler", "ddim", "heun", "dpmpp_2m")
-
-
-def nfe(sampler: str, steps: int) -> int:
-    """Model evaluations: heun makes two per step except the last (Euler) step to sigma = 0."""
-    return 2 * steps - 1 if sampler == "heun" else steps
 
 
 def log_uniform_sigmas(sched: Schedule, steps: int) -> torch.Tensor:

@@ -14,9 +14,7 @@ from .denoiser import Denoiser
 from .noise import ColoredNoise
 from .guidance import (GuidedModel, ProjectedEstimate, ReconstructionGuided, check_mask, known_region_projection,
                        repaint as repaint_loop)
-from .samplers import DDPM_VARIANCES, SAMPLER_FNS, SAMPLERS, VE_SAMPLERS, ve_sigmas
-
-ETA_SAMPLERS = ("ddim", "euler_ancestral")
+from .samplers import DDPM_VARIANCES, ETA_SAMPLERS, sampler_spec, ve_sigmas
 
 
 @torch.no_grad()
@@ -44,13 +42,12 @@ def sample(den: Denoiser, noise: torch.Tensor, sampler: str = "ddim", steps: int
     noise_color: a linear map L for a noise prior N(0, L L^T): `noise` and every fresh draw go
                through it (core/noise.py); the model must have been trained with the same prior
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    spec = sampler_spec(sampler)
     if not isinstance(noise, torch.Tensor) or noise.ndim < 2:
         raise ValueError(f"noise must be a tensor [B, C, *dims], got {getattr(noise, 'shape', type(noise))}")
     if not noise.is_floating_point() or not bool(torch.isfinite(noise).all()):
         raise ValueError("noise must be a finite floating-point tensor (standard normal)")
-    if eta is not None and sampler not in ETA_SAMPLERS:
+    if eta is not None and spec.eta is None:
         raise ValueError(f"eta applies to {ETA_SAMPLERS}, not to {sampler!r}")
     if variance not in DDPM_VARIANCES:
         raise ValueError(f"unknown ddpm variance {variance!r}; choose one of {DDPM_VARIANCES}")
@@ -86,7 +83,7 @@ def sample(den: Denoiser, noise: torch.Tensor, sampler: str = "ddim", steps: int
         return repaint_loop(den, noise.clone(), levels, mask, known, jump_length=jump_length,
                             jump_n_sample=jump_n_sample, sampler=sampler, eta=eta or 0.0, variance=variance, **common)
 
-    if sampler in VE_SAMPLERS:
+    if spec.family == "ve":
         s0 = ve_sigmas(levels)[0]
         x = noise * math.sqrt(1 + s0**2)
         if project is not None:
@@ -97,8 +94,8 @@ def sample(den: Denoiser, noise: torch.Tensor, sampler: str = "ddim", steps: int
             ab0 = float(levels.alphas_cumprod[0])
             x = project(x, math.sqrt(ab0), math.sqrt(1 - ab0))
     opts = {}
-    if sampler in ETA_SAMPLERS and eta is not None:
+    if spec.eta is not None and eta is not None:
         opts["eta"] = eta
     if sampler == "ddpm":
         opts["variance"] = variance
-    return SAMPLER_FNS[sampler](den, x, levels, project=project, **opts, **common)
+    return spec.fn(den, x, levels, project=project, **opts, **common)

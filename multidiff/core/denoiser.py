@@ -3,56 +3,19 @@
 `Denoiser` owns a network, its schedule and its prediction type. The network is
 called as `model(x_t, t, **cond)` with the VP-scaled input x_t and float
 timesteps t [B]; whatever it predicts (eps, x0 or v) is turned into an (x0, eps)
-pair with exact formulas, so no sampler ever needs to know the prediction type.
+pair by its objective's exact formulas (core/objectives.py), so no sampler ever
+needs to know the prediction type.
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 
+from .objectives import PREDICTIONS, Estimate, bcast, build_objective, check_prediction
 from .schedule import Schedule
 
-PREDICTIONS = ("eps", "x0", "v")
-
-
-class Estimate(NamedTuple):
-    x0: torch.Tensor
-    eps: torch.Tensor
-
-
-def bcast(v, like: torch.Tensor) -> torch.Tensor:
-    """A scalar or per-sample [B] quantity shaped to broadcast over [B, C, *dims]."""
-    if isinstance(v, float | int) or (isinstance(v, torch.Tensor) and v.ndim == 0):
-        return float(v)  # python scalars broadcast for free and keep the tensor's dtype
-    v = torch.as_tensor(v, dtype=torch.float64)
-    return v.reshape(-1, *([1] * (like.ndim - 1))).to(like.device, like.dtype)
-
-
-def check_prediction(prediction: str) -> str:
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction type {prediction!r}; choose one of {PREDICTIONS}")
-    return prediction
-
-
-def to_estimate(out: torch.Tensor, x_vp: torch.Tensor, alpha, sigma, prediction: str) -> Estimate:
-    """Exact conversion of a raw prediction at x_t = alpha x0 + sigma eps (VP, alpha^2 + sigma^2 = 1)."""
-    a, s = bcast(alpha, x_vp), bcast(sigma, x_vp)
-    if prediction == "eps":
-        return Estimate((x_vp - s * out) / a, out)
-    if prediction == "x0":
-        return Estimate(out, (x_vp - a * out) / s)
-    return Estimate(a * x_vp - s * out, s * x_vp + a * out)  # v = alpha eps - sigma x0
-
-
-def target_for(prediction: str, x0: torch.Tensor, eps: torch.Tensor, alpha, sigma) -> torch.Tensor:
-    """What a network of this prediction type should output for (x0, eps) at level (alpha, sigma)."""
-    if prediction == "eps":
-        return eps
-    if prediction == "x0":
-        return x0
-    return bcast(alpha, x0) * eps - bcast(sigma, x0) * x0
+__all__ = ["Denoiser", "Estimate", "PREDICTIONS", "bcast", "check_prediction"]
 
 
 class Denoiser:
@@ -69,6 +32,7 @@ class Denoiser:
         self.model = model
         self.schedule = schedule
         self.prediction = check_prediction(prediction)
+        self.objective = build_objective(schedule, prediction)  # only its output conversions are used here
         self.clip_x0 = clip_x0
 
     def with_clip(self, clip_x0: float | None) -> "Denoiser":
@@ -84,7 +48,8 @@ class Denoiser:
         out = self.model(x_vp, t, **cond)
         if not isinstance(out, torch.Tensor) or out.shape != x_vp.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"the model returned {got}, but its output must have the input's shape {tuple(x_vp.shape)}")
+            raise ValueError(f"the model returned {got}, but its output must have the input's shape "
+                             f"{tuple(x_vp.shape)}")
         # one reduction: NaN and inf both survive a sum
         if not math.isfinite(float(out.detach().sum())):
             raise ValueError(
@@ -100,10 +65,11 @@ class Denoiser:
         else:
             abar = float(abar)
             alpha, sigma, pure_noise = math.sqrt(abar), math.sqrt(1 - abar), abar == 0
-        if self.prediction == "eps" and pure_noise:
-            raise ValueError("a zero-terminal-SNR schedule (abar = 0) cannot be sampled with prediction='eps': "
-                             "x0 = (x - eps)/0 is undefined; train with prediction='v' or 'x0'")
-        est = to_estimate(self.raw(x_vp, t, **cond), x_vp, alpha, sigma, self.prediction)
+        if pure_noise and not self.objective.defined_at_pure_noise:
+            raise ValueError(f"a zero-terminal-SNR schedule (abar = 0) cannot be sampled with "
+                             f"prediction={self.prediction!r}: its clean estimate is undefined there "
+                             "(x0 = (x - eps)/0); train with prediction='v' or 'x0'")
+        est = self.objective.to_estimate(self.raw(x_vp, t, **cond), x_vp, alpha, sigma)
         if self.clip_x0 is None:
             return est
         x0 = est.x0.clamp(-self.clip_x0, self.clip_x0)
@@ -118,13 +84,7 @@ class Denoiser:
         else:  # one level for the whole batch: plain floats, no tensor bookkeeping per step
             s = float(sigma)
             c_in = 1 / math.sqrt(1 + s * s)
-        out = self.raw(x * c_in, t, **cond)
-        if self.prediction == "eps":  # written in VE form, where it is exact: x0 = x - sigma eps
-            x0 = x - s * out
-        elif self.prediction == "x0":
-            x0 = out
-        else:  # v: x0 = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) v
-            x0 = x * c_in**2 - (s * c_in) * out
+        x0 = self.objective.denoise_ve(self.raw(x * c_in, t, **cond), x, s, c_in)
         if self.clip_x0 is not None:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
         return x0

@@ -52,7 +52,8 @@ def check_mask(mask: torch.Tensor, known: torch.Tensor, shape) -> tuple[torch.Te
     try:
         torch.broadcast_shapes(mask.shape, shape)
     except RuntimeError:
-        raise ValueError(f"`mask` of shape {tuple(mask.shape)} does not broadcast to the output {tuple(shape)}") from None
+        raise ValueError(f"`mask` of shape {tuple(mask.shape)} does not broadcast to the output "
+                         f"{tuple(shape)}") from None
     if len(mask.shape) != len(shape):
         raise ValueError(f"`mask` needs {len(shape)} dims like the output {tuple(shape)} (size-1 dims broadcast), "
                          f"got {tuple(mask.shape)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .denoiser import check_prediction, target_for
+from .objectives import OBJECTIVES, check_prediction
 from .schedule import Schedule
 
 
@@ -27,7 +27,7 @@ class GaussianOracle(torch.nn.Module):
         xd = x_t.double()
         x0 = self.mean + a * self.std**2 * (xd - a * self.mean) / (a**2 * self.std**2 + s**2)
         eps = (xd - a * x0) / s
-        return target_for(self.prediction, x0, eps, a, s).to(x_t.dtype)
+        return OBJECTIVES[self.prediction].target(x0, eps, a, s).to(x_t.dtype)
 
     def ode_solution(self, x_T_ve: torch.Tensor, sigma_T: float) -> torch.Tensor:
         """Where the exact probability-flow ODE takes the VE state x_T at sigma_T."""

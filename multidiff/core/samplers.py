@@ -9,25 +9,28 @@ Two families share one Denoiser:
   noise * sqrt(1 + sigma_max^2), which is the same point in the other coordinates.
 
 Every sampler walks `levels` (see Schedule.levels) and takes the same keywords:
-`generator` for its noise (a torch.Generator, or core.noise.ColoredNoise for a noise prior), `cond` for the model, `callback(info)` once per step,
-`progress` for a tqdm bar, and `project(x, alpha, sigma)`, applied to the state
-after every step (at the new level, in the sampler's own coordinates, i.e.
-x = alpha x0 + sigma eps); masked generation uses it to re-impose the known part.
+`generator` for its noise (a torch.Generator, or core.noise.ColoredNoise for a noise prior),
+`cond` for the model, `callback(info)` once per step, `progress` for a tqdm bar, and
+`project(x, alpha, sigma)`, applied to the state after every step (at the new level, in the
+sampler's own coordinates, i.e. x = alpha x0 + sigma eps); masked generation uses it to
+re-impose the known part.
+
+What callers need to know about a sampler without running it (its family, model calls per
+step, whether it takes eta, its default spacing) is its SamplerSpec at the end of this file,
+so a new sampler is a function plus one line there.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
-import torch
 from tqdm.auto import tqdm
 
 from .denoiser import Denoiser
 from .noise import randn_like
 from .schedule import ZERO_SNR_SIGMA, Levels
 
-VP_SAMPLERS = ("ddpm", "ddim")
-VE_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m")
-SAMPLERS = VP_SAMPLERS + VE_SAMPLERS
 DDPM_VARIANCES = ("beta", "posterior")
 
 
@@ -172,5 +175,54 @@ def dpmpp_2m(den, x, levels, *, generator=None, cond=None, callback=None, progre
     return _ve_loop(update, "dpmpp_2m", den, x, levels, generator, cond, callback, progress, project)
 
 
-SAMPLER_FNS = {"ddpm": ddpm, "ddim": ddim, "euler": euler, "euler_ancestral": euler_ancestral, "heun": heun,
-               "dpmpp_2m": dpmpp_2m}
+# ---- specs ---------------------------------------------------------------------
+def _one_call_per_step(steps: int) -> int:
+    return steps
+
+
+def _heun_calls(steps: int) -> int:
+    return 2 * steps - 1  # two per step, except the last (an Euler step to sigma = 0)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """What a caller needs to know about a sampler without running it (tests/test_sampler_specs.py
+    checks each fact against a run)."""
+
+    fn: Callable
+    family: str                  # "vp": moves x_t between abar levels; "ve": integrates x = x0 + sigma eps
+    spacing: str                 # the spacing of its levels that a caller should default to
+    eta: float | None = None     # its default noise scale; None: it takes no eta
+    model_calls: Callable[[int], int] = _one_call_per_step  # denoiser evaluations for `steps` levels
+
+
+SAMPLER_SPECS = {
+    "ddpm": SamplerSpec(ddpm, "vp", "leading"),
+    "ddim": SamplerSpec(ddim, "vp", "leading", eta=0.0),
+    "euler": SamplerSpec(euler, "ve", "karras"),
+    "euler_ancestral": SamplerSpec(euler_ancestral, "ve", "karras", eta=1.0),
+    "heun": SamplerSpec(heun, "ve", "karras", model_calls=_heun_calls),
+    "dpmpp_2m": SamplerSpec(dpmpp_2m, "ve", "karras"),
+}
+SAMPLERS = tuple(SAMPLER_SPECS)
+VP_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.family == "vp")
+VE_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.family == "ve")
+ETA_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.eta is not None)
+SAMPLER_FNS = {n: s.fn for n, s in SAMPLER_SPECS.items()}
+
+
+def sampler_spec(sampler: str) -> SamplerSpec:
+    if sampler not in SAMPLER_SPECS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    return SAMPLER_SPECS[sampler]
+
+
+def nfe(sampler: str, steps: int) -> int:
+    """Model evaluations (NFE) of `sampler` over `steps` levels. Classifier-free guidance batches
+    both branches into each call; RePaint's jumps and reconstruction guidance's backward passes
+    come on top."""
+    return sampler_spec(sampler).model_calls(steps)
+
+
+def default_spacing(sampler: str) -> str:
+    return sampler_spec(sampler).spacing

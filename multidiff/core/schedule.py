@@ -109,6 +109,18 @@ class Schedule:
 
         return cls(_betas_from_alpha_bar(abar, T, max_beta))
 
+    @classmethod
+    def named(cls, name: str, T: int = 1000, *, beta_start: float | None = None, beta_end: float | None = None,
+              zero_terminal_snr: bool = False) -> "Schedule":
+        """A schedule of SCHEDULES by name. beta_start / beta_end (None: the constructor's default)
+        set the range of the schedules that have one (BETA_RANGE_SCHEDULES); the others define abar
+        directly and ignore them. zero_terminal_snr rescales the result (Lin et al. 2023)."""
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {name!r}; choose one of {tuple(SCHEDULES)}")
+        betas = {"beta_start": beta_start, "beta_end": beta_end} if name in BETA_RANGE_SCHEDULES else {}
+        sched = SCHEDULES[name](T, **{k: v for k, v in betas.items() if v is not None})
+        return sched.rescale_zero_terminal_snr() if zero_terminal_snr else sched
+
     def rescale_zero_terminal_snr(self) -> "Schedule":
         """Lin et al. 2023: shift/scale sqrt(abar) so the last step is pure noise (abar_T = 0)."""
         sq = self.alphas_cumprod.sqrt()
@@ -263,6 +275,12 @@ class Schedule:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         if steps > self.T and not allow_beyond_T:
             raise ValueError(f"steps={steps} exceeds the schedule's T={self.T} training timesteps")
+
+
+# name -> constructor (T, **options); the names [diffusion] schedule accepts
+SCHEDULES = {"linear": Schedule.linear, "cosine": Schedule.cosine, "scaled_linear": Schedule.scaled_linear,
+             "sigmoid": Schedule.sigmoid}
+BETA_RANGE_SCHEDULES = ("linear", "scaled_linear")
 
 
 def _sig(x: float) -> float:

@@ -5,13 +5,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core import Schedule, diffusion_loss
-from ..core.denoiser import PREDICTIONS
-from ..core.losses import LOSS_TYPES, WEIGHTINGS
+from ..core.objectives import LOSS_TYPES, OBJECTIVES, WEIGHTINGS, Objective, build_objective
 from ..core.samplers import SAMPLERS
-from ..core.schedule import SPACINGS
-
-SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid")
+from ..core.schedule import SCHEDULES, SPACINGS, Schedule
 
 
 @dataclass
@@ -21,28 +17,25 @@ class DiffusionConfig:
     beta_start: float = 1e-4        # linear / scaled_linear only
     beta_end: float = 0.02
     zero_terminal_snr: bool = False
-    prediction: str = "eps"         # eps | x0 | v
+    prediction: str = "eps"         # eps | x0 | v: the training objective (core/objectives.py)
     weighting: str = "uniform"      # uniform | min_snr
     min_snr_gamma: float = 5.0
     loss_type: str = "l2"           # l2 | l1
 
     def __post_init__(self):
-        for name, allowed in (("schedule", SCHEDULES), ("prediction", PREDICTIONS), ("weighting", WEIGHTINGS),
-                              ("loss_type", LOSS_TYPES)):
+        for name, allowed in (("schedule", tuple(SCHEDULES)), ("prediction", tuple(OBJECTIVES)),
+                              ("weighting", WEIGHTINGS), ("loss_type", LOSS_TYPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"diffusion.{name} = {getattr(self, name)!r} is not one of {allowed}")
 
     def build_schedule(self) -> Schedule:
-        T = self.timesteps
-        if self.schedule == "linear":
-            s = Schedule.linear(T, self.beta_start, self.beta_end)
-        elif self.schedule == "scaled_linear":
-            s = Schedule.scaled_linear(T, self.beta_start, self.beta_end)
-        elif self.schedule == "cosine":
-            s = Schedule.cosine(T)
-        else:
-            s = Schedule.sigmoid(T)
-        return s.rescale_zero_terminal_snr() if self.zero_terminal_snr else s
+        return Schedule.named(self.schedule, self.timesteps, beta_start=self.beta_start, beta_end=self.beta_end,
+                              zero_terminal_snr=self.zero_terminal_snr)
+
+    def build_objective(self, sched: Schedule | None = None) -> Objective:
+        """The training objective over `sched` (default: this section's schedule)."""
+        return build_objective(sched if sched is not None else self.build_schedule(), self.prediction,
+                               self.weighting, min_snr_gamma=self.min_snr_gamma, loss_type=self.loss_type)
 
 
 @dataclass
@@ -73,14 +66,8 @@ class SampleConfig:
 
 def batch_loss(net, cfg: DiffusionConfig, sched: Schedule, x0: torch.Tensor, rand, cond: dict | None = None,
                mask: torch.Tensor | None = None, noise_color=None, error_map=None) -> torch.Tensor:
-    """diffusion_loss with t and noise taken from the step's BatchRandom (so it is resumable and the
-    same for any number of processes); `noise_color` / `error_map`: a noise prior (core/noise.py)."""
-    t = rand.randint(sched.T).to(torch.float64).cpu()
-    noise = rand.randn(*x0.shape[1:]).to(x0.device, x0.dtype)
-    for ndim, fmt in ((4, torch.channels_last), (5, torch.channels_last_3d)):
-        if x0.ndim == ndim and x0.is_contiguous(memory_format=fmt):
-            noise = noise.contiguous(memory_format=fmt)  # x_t keeps the fast layout
-    if noise_color is not None:
-        noise = noise_color(noise)
-    return diffusion_loss(net, sched, x0, cfg.prediction, cfg.weighting, min_snr_gamma=cfg.min_snr_gamma,
-                          loss_type=cfg.loss_type, mask=mask, t=t, noise=noise, cond=cond, error_map=error_map)
+    """The [diffusion] objective's loss with t and noise drawn from the step's BatchRandom (so it is
+    resumable and the same for any number of processes); `noise_color` / `error_map`: a noise prior
+    (core/noise.py)."""
+    return cfg.build_objective(sched).loss(net, x0, rand, cond=cond, mask=mask, noise_color=noise_color,
+                                           error_map=error_map)
