@@ -1,4 +1,6 @@
-"""The training engine: exact resume after a real kill, DDP = one process, NaN stop, logs."""
+"""The training engine: exact resume after a real kill, DDP = one process, NaN stop, logs, a
+streamed data order."""
+import itertools
 import json
 import os
 import signal
@@ -13,9 +15,12 @@ from safetensors.torch import load_file
 
 from multidiff.engine import TrainingDiverged, latest_checkpoint
 from multidiff.engine.checkpoint import checkpoint_dirs
-from multidiff.engine.trainer import TrainConfig, lr_at
+from multidiff.engine.data_order import DataOrder
+from multidiff.engine.distributed import to_device
+from multidiff.engine.trainer import TrainConfig, Trainer, lr_at
 
-from helpers.toy_training import make_trainer
+from helpers.ports import torchrun
+from helpers.toy_training import TinyNet, ToyTask, make_trainer
 
 TOY = Path(__file__).parent / "helpers" / "toy_training.py"
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "OMP_NUM_THREADS": "1"}
@@ -84,8 +89,7 @@ def test_killed_run_resumes_to_identical_weights(reference, tmp_path, delay):
 
 
 def test_two_processes_match_one_with_the_same_global_batch(reference, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", str(TOY),
-           str(tmp_path), "steps=40"]
+    cmd = [*torchrun(2), str(TOY), str(tmp_path), "steps=40"]
     subprocess.run(cmd, check=True, env=ENV, timeout=300, capture_output=True)
     r0, r1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     assert same(r0, r1)  # every rank holds identical weights
@@ -134,3 +138,85 @@ def test_bad_train_settings(tmp_path):
         make_trainer(tmp_path, batch_size=9, grad_accum=2)
     with pytest.raises(ValueError, match="train.precision"):
         TrainConfig(precision="fp16")
+
+
+# ---- the data order: streamed, and exactly what the eager (pre-streaming) code gave ----------------
+def _old_seed(*parts):  # reference copy of the trainer's seed mixing
+    h = 0x9E3779B9
+    for p in parts:
+        h = (h * 1_000_003 + int(p) + 0x7F4A7C15) % (2**63 - 1)
+    return h
+
+
+def _old_indices(n, batch_size, grad_accum, world_size, rank, seed, seeded, step, micro):
+    """Reference copy of the eager Trainer._indices: a fresh randperm of the step's epoch every call."""
+    micro_global = batch_size // grad_accum
+    micro_local = micro_global // world_size
+    epoch, b = divmod(step, n // batch_size)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_old_seed(seed, epoch)))
+    start = micro * micro_global + rank * micro_local
+    part = slice(start, start + micro_local)
+    idx = perm[b * batch_size:(b + 1) * batch_size][part].tolist()
+    if seeded:
+        return [(i, _old_seed(seed, step, part.start + k, 2)) for k, i in enumerate(idx)]
+    return idx
+
+
+class _SeededWaves(torch.utils.data.Dataset):
+    seeded_items = True  # random clip starts, as the video datasets draw them
+
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, item):
+        return item
+
+
+@pytest.mark.parametrize("grad_accum,start,seeded", [(1, 0, False), (2, 0, False), (1, 5_000_003, False),
+                                                     (2, 5_000_003, True)])
+def test_data_order_is_streamed_and_the_same_as_the_eager_order(tmp_path, monkeypatch, grad_accum, start, seeded):
+    """train.steps = 10**7: the eager loader built 10**7 permutations before step 1; the streamed one
+    builds one per epoch it reaches, and from a late resume step none of the earlier epochs."""
+    steps = 10**7
+    if seeded:
+        cfg = TrainConfig(steps=steps, batch_size=8, grad_accum=grad_accum, seed=3, threads=1, precision="fp32")
+        trainer = Trainer(TinyNet(), _SeededWaves(), ToyTask(), cfg, tmp_path, fingerprint="toy")
+    else:
+        trainer = make_trainer(tmp_path, steps=steps, grad_accum=grad_accum)
+    n, k = len(trainer.dataset), 30  # 30 micro-batches: 15-30 steps over 2-4 epochs
+    want = [_old_indices(n, 8, grad_accum, 1, 0, trainer.cfg.seed, seeded, s, m)
+            for s in range(start, start + k // grad_accum) for m in range(grad_accum)]
+
+    built = []
+    randperm = torch.randperm
+    monkeypatch.setattr(torch, "randperm", lambda *a, **kw: built.append(a) or randperm(*a, **kw))
+    sampler = trainer._batch_sampler(start)
+    assert len(sampler) == (steps - start) * grad_accum and not built  # nothing made up front
+    got = list(itertools.islice(iter(sampler), k))
+    assert got == want
+    epochs = {s // trainer.order.batches_per_epoch for s in range(start, start + k // grad_accum)}
+    assert len(built) == len(epochs) < k // grad_accum  # each epoch's permutation once, not once per step
+    if not seeded:  # the DataLoader streams the same lists
+        x, _ = next(trainer._loader(start))
+        assert torch.equal(x, trainer.dataset.x[want[0]])
+
+
+def test_data_order_slices_each_process_as_before():
+    for rank in (0, 1):
+        order = DataOrder(20, 8, 2, 2, rank, seed=5)
+        got = [order.indices(s, m) for s in range(7) for m in range(2)]
+        assert got == [_old_indices(20, 8, 2, 2, rank, 5, False, s, m) for s in range(7) for m in range(2)]
+
+
+def test_data_loader_workers_stream_the_same_batches(tmp_path):
+    plain = make_trainer(tmp_path / "a", steps=10**7)
+    workers = make_trainer(tmp_path / "b", steps=10**7, num_workers=1)
+    for (x0, _), (x1, _) in zip(itertools.islice(plain._loader(3), 14), itertools.islice(workers._loader(3), 14)):
+        assert torch.equal(x0, x1)
+
+
+def test_to_device_keeps_the_batch_structure():
+    x, y = torch.randn(2, 3), torch.arange(2)
+    out = to_device({"x": x, "pair": (y, [x]), "name": "clip"}, "cpu")
+    assert out["name"] == "clip" and isinstance(out["pair"], tuple) and isinstance(out["pair"][1], list)
+    assert torch.equal(out["x"], x) and torch.equal(out["pair"][0], y) and torch.equal(out["pair"][1][0], x)

@@ -2,6 +2,7 @@
 
 The same `multidiff train` command runs as one process or under
 `torchrun --nproc_per_node=N [--nnodes=M ...]`; rank 0 owns EMA, checkpoints, samples, logs.
+`to_device` is how the engine and the tasks move batches onto the process's device.
 """
 from __future__ import annotations
 
@@ -43,6 +44,23 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(rank, world, local, local_world, dev)
+
+
+def to_device(x, device):
+    """Move a batch (a tensor, or a tuple/list/dict of them; anything else as is) to `device`.
+    Host -> GPU copies are non-blocking: on CUDA the Trainer's DataLoader pins its batches, so the
+    copy overlaps work already queued, and stream order makes it land before a kernel reads it
+    (from unpinned memory CUDA stages the copy first, which is just as safe)."""
+    device = torch.device(device)
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=device.type == "cuda" and x.device.type == "cpu")
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple
+        return type(x)(*(to_device(v, device) for v in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    return x
 
 
 def barrier(info: DistInfo) -> None:

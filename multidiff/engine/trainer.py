@@ -1,10 +1,10 @@
 """One Trainer for every denoiser, dataset and loss (image, audio, video).
 
 Determinism is by construction, not by saved generator state: the data order of epoch e is
-a permutation seeded by (seed, e) and every random draw of step s comes from a generator
-seeded by (seed, s). So a run killed at any moment and resumed from its last checkpoint
-replays exactly what the uninterrupted run would have done, and N processes (each taking
-its slice of the same global batch and of the same random draws) match one process.
+a permutation seeded by (seed, e) (streamed, data_order.py) and every random draw of step s
+comes from a generator seeded by (seed, s). So a run killed at any moment and resumed from its
+last checkpoint replays exactly what the uninterrupted run would have done, and N processes
+(each taking its slice of the same global batch and of the same random draws) match one process.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from ..utils import write_text
 from .checkpoint import latest_checkpoint, load_checkpoint, read_extra, read_state, save_checkpoint
-from .distributed import DistInfo, barrier
+from .data_order import DataOrder, StepBatches, seed_of
+from .distributed import DistInfo, barrier, to_device
 from .ema import EMA
 from .plots import plot_loss_curve
 from .precision import autocast, resolve_precision
@@ -85,25 +86,18 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-def _seed(*parts: int) -> int:
-    h = 0x9E3779B9
-    for p in parts:
-        h = (h * 1_000_003 + int(p) + 0x7F4A7C15) % (2**63 - 1)
-    return h
-
-
 class BatchRandom:
     """The random draws of one micro-batch: made for the step's whole global batch, then sliced to
     this micro-batch and process, so the result depends neither on the number of processes nor on
-    gradient accumulation."""
+    gradient accumulation. Draws are made on the CPU (the same numbers on every device), then moved."""
 
     def __init__(self, seed: int, step: int, global_n: int, part: slice, device):
-        self.generator = torch.Generator().manual_seed(_seed(seed, step))
+        self.generator = torch.Generator().manual_seed(seed_of(seed, step))
         self.step = step  # for losses that switch on after a warm-up (e.g. an autoencoder's GAN term)
         self.global_n, self.part, self.device = global_n, part, device
 
     def _take(self, t: torch.Tensor) -> torch.Tensor:
-        return t[self.part].to(self.device)
+        return to_device(t[self.part], self.device)
 
     def randn(self, *shape) -> torch.Tensor:
         return self._take(torch.randn(self.global_n, *shape, generator=self.generator))
@@ -135,11 +129,10 @@ class Trainer:
         if per_step % (self.dist.world_size * cfg.grad_accum):
             raise ValueError(f"train.batch_size={per_step} must divide evenly over {self.dist.world_size} "
                              f"process(es) x train.grad_accum={cfg.grad_accum}")
-        self.micro_global = per_step // cfg.grad_accum
-        self.micro_local = self.micro_global // self.dist.world_size
         if len(dataset) < per_step:
             raise ValueError(f"the dataset has {len(dataset)} items, fewer than train.batch_size={per_step}")
-        self.batches_per_epoch = len(dataset) // per_step
+        self.order = DataOrder(len(dataset), per_step, cfg.grad_accum, self.dist.world_size, self.dist.rank,
+                               cfg.seed, seeded_items=getattr(dataset, "seeded_items", False))
 
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // self.dist.local_world_size))
         self.bf16 = resolve_precision(cfg.precision, self.dist.device)
@@ -151,31 +144,22 @@ class Trainer:
                                            weight_decay=cfg.weight_decay)
         self.net = DistributedDataParallel(self.model) if self.dist.enabled else self.model
 
-    # ---- data order ------------------------------------------------------------------
-    def _part(self, micro: int) -> slice:
-        """Which rows of the step's global batch this process handles in micro-batch `micro`."""
-        start = micro * self.micro_global + self.dist.rank * self.micro_local
-        return slice(start, start + self.micro_local)
-
+    # ---- data order (data_order.py) ------------------------------------------------------
     def _indices(self, step: int, micro: int) -> list:
-        """Dataset indices for (step, micro-batch) on this process (drop-last epochs). A dataset with
-        `seeded_items = True` (random video clip starts) gets (index, seed) pairs instead, the seed a
-        function of (seed, step, position in the global batch): the same draw after a resume and for
-        any number of processes."""
-        epoch, b = divmod(step, self.batches_per_epoch)
-        perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(_seed(self.cfg.seed, epoch)))
-        part = self._part(micro)
-        idx = perm[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size][part].tolist()
-        if getattr(self.dataset, "seeded_items", False):
-            return [(i, _seed(self.cfg.seed, step, part.start + k, 2)) for k, i in enumerate(idx)]
-        return idx
+        """This process's dataset indices (or (index, seed) pairs) for (step, micro-batch)."""
+        return self.order.indices(step, micro)
+
+    def _batch_sampler(self, start_step: int) -> StepBatches:
+        return StepBatches(self.order, start_step, self.cfg.steps, self.cfg.grad_accum)
 
     def _loader(self, start_step: int):
         cfg = self.cfg
-        batches = [self._indices(s, m) for s in range(start_step, cfg.steps) for m in range(cfg.grad_accum)]
-        return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=cfg.num_workers,
+        # on CUDA, pinned batches let the tasks' to_device copies run asynchronously
+        return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=self._batch_sampler(start_step),
+                                                num_workers=cfg.num_workers,
                                                 collate_fn=getattr(self.task, "collate", None),
-                                                persistent_workers=False))
+                                                pin_memory=self.dist.device.type == "cuda",
+                                                persistent_workers=cfg.num_workers > 0))
 
     # ---- the loop --------------------------------------------------------------------
     def fit(self, resume: bool = False) -> Path:
@@ -192,11 +176,11 @@ class Trainer:
             lr = lr_at(cfg, step)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
-            torch.manual_seed(_seed(cfg.seed, step, 1 + self.dist.rank))  # dropout & co. inside the model
+            torch.manual_seed(seed_of(cfg.seed, step, 1 + self.dist.rank))  # dropout & co. inside the model
             total = 0.0
             for m in range(cfg.grad_accum):
                 batch = next(batches)
-                rand = BatchRandom(cfg.seed, step, cfg.batch_size, self._part(m), self.dist.device)
+                rand = BatchRandom(cfg.seed, step, cfg.batch_size, self.order.part(m), self.dist.device)
                 sync = m == cfg.grad_accum - 1 or not self.dist.enabled
                 with (self.net.no_sync() if not sync else nullcontext()), autocast(self.dist.device, self.bf16):
                     loss = self.task.loss(self.net, batch, rand)
