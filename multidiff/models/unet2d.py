@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .inputs import check_concat, check_labels, check_timesteps
-from ..nn import Downsample, ResBlock, SelfAttention, TimestepEmbedding, Upsample, conv_nd, group_norm, zero_
+from ..nn import (Downsample, LabelEmbedding, ResBlock, SelfAttention, TimestepEmbedding, Upsample, check_class_dropout,
+                  conv_nd, group_norm, zero_)
 
 
 @dataclass
@@ -57,7 +58,8 @@ class UNet2D(nn.Module):
         ch0 = cfg.base_channels
         emb_dim = 4 * ch0
         self.time_embed = TimestepEmbedding(emb_dim, freq_dim=max(2, ch0 // 2 * 2))
-        self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes > 0 else None
+        self.label_embed = LabelEmbedding(cfg.num_classes, emb_dim, cfg.class_dropout) \
+            if cfg.num_classes > 0 else None
 
         def res(i, o):
             return ResBlock(i, o, emb_dim, dims=2, dropout=cfg.dropout, scale_shift_norm=cfg.scale_shift_norm,
@@ -94,7 +96,7 @@ class UNet2D(nn.Module):
     @property
     def null_label(self) -> int:
         """The label index meaning 'no class' (classifier-free guidance); -1 for an unconditional model."""
-        return self.cfg.num_classes if self.cfg.num_classes > 0 else -1
+        return self.label_embed.null_label if self.label_embed is not None else -1
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 concat: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,13 +104,8 @@ class UNet2D(nn.Module):
         x_dtype = x.dtype
         t = self._check_inputs(x, t, y, concat)
         emb = self.time_embed(t)
-        if self.label_embed is not None:
-            if y is None:
-                y = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
-            elif self.training and cfg.class_dropout > 0:
-                drop = torch.rand(y.shape, device=y.device) < cfg.class_dropout
-                y = torch.where(drop, torch.full_like(y, self.null_label), y)
-            emb = emb + self.label_embed(y.long()).to(emb.dtype)
+        if self.label_embed is not None:  # y=None: the null label; class dropout in training
+            emb = emb + self.label_embed.embed(y, x.shape[0], x.device, cfg.class_dropout).to(emb.dtype)
         if concat is not None:
             x = torch.cat([x, concat.to(x.dtype)], dim=1)
         h = self.input_conv(x)
@@ -159,8 +156,7 @@ def check_unet_config(cfg, extra_positive: tuple[str, ...] = ()):
             raise ValueError(f"[model] {key} must be >= 0, got {getattr(cfg, key)}")
     if not 0.0 <= float(cfg.dropout) < 1.0:
         raise ValueError(f"[model] dropout must be in [0, 1), got {cfg.dropout}")
-    if not 0.0 <= float(cfg.class_dropout) <= 1.0:
-        raise ValueError(f"[model] class_dropout must be in [0, 1], got {cfg.class_dropout}")
+    check_class_dropout(cfg.class_dropout)
     factor = 2 ** (levels - 1)
     if cfg.image_size % factor:
         raise ValueError(f"[model] image_size = {cfg.image_size} is not divisible by 2**(len(channel_mult)-1) = "

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import ResBlock, SelfAttention, TemporalAttention, TemporalConv, TimestepEmbedding, conv_nd, group_norm, zero_
+from ..nn import (LabelEmbedding, ResBlock, SelfAttention, TemporalAttention, TemporalConv, TimestepEmbedding, conv_nd,
+                  group_norm, zero_)
 from ..nn.temporal import check_independent
 from .inputs import check_concat, check_labels, check_timesteps
 from .unet2d import check_unet_config
@@ -133,7 +134,8 @@ class UNet3D(nn.Module):
         ch0 = cfg.base_channels
         emb_dim = 4 * ch0
         self.time_embed = TimestepEmbedding(emb_dim, freq_dim=max(2, ch0 // 2 * 2))
-        self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes > 0 else None
+        self.label_embed = LabelEmbedding(cfg.num_classes, emb_dim, cfg.class_dropout) \
+            if cfg.num_classes > 0 else None
 
         def conv(i, o):
             return SpaceTimeConv(i, o, self._clip, cfg.temporal_conv)
@@ -184,7 +186,7 @@ class UNet3D(nn.Module):
     @property
     def null_label(self) -> int:
         """The label index meaning 'no class' (classifier-free guidance); -1 for an unconditional model."""
-        return self.cfg.num_classes if self.cfg.num_classes > 0 else -1
+        return self.label_embed.null_label if self.label_embed is not None else -1
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 concat: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -194,13 +196,8 @@ class UNet3D(nn.Module):
         B, _, T, H, W = x.shape
         independent = check_independent(frame_mask, B, T)
         emb = self.time_embed(t)
-        if self.label_embed is not None:
-            if y is None:
-                y = torch.full((B,), self.null_label, dtype=torch.long, device=x.device)
-            elif self.training and cfg.class_dropout > 0:
-                drop = torch.rand(y.shape, device=y.device) < cfg.class_dropout
-                y = torch.where(drop, torch.full_like(y, self.null_label), y)
-            emb = emb + self.label_embed(y.long()).to(emb.dtype)
+        if self.label_embed is not None:  # y=None: the null label; class dropout in training
+            emb = emb + self.label_embed.embed(y, B, x.device, cfg.class_dropout).to(emb.dtype)
         emb = emb.repeat_interleave(T, dim=0)                     # one row per frame: [B*T, emb_dim]
         if concat is not None:
             x = torch.cat([x, concat.to(x.dtype)], dim=1)

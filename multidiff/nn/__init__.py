@@ -4,6 +4,7 @@ Every block takes [B, C, *spatial] with any number of spatial dims where the log
 the same; run them under bf16 autocast with channels_last weights for speed on CPU.
 """
 from .attention import SelfAttention
+from .conditioning import LabelEmbedding, check_class_dropout, null_condition
 from .embedding import TimestepEmbedding, timestep_embedding
 from .layers import Downsample, Upsample, conv_nd, dropout, group_norm, zero_
 from .norm import GroupNorm
@@ -11,4 +12,5 @@ from .resblock import ResBlock
 from .temporal import TemporalAttention, TemporalConv
 
 __all__ = ["timestep_embedding", "TimestepEmbedding", "ResBlock", "SelfAttention", "Downsample", "Upsample",
-           "GroupNorm", "conv_nd", "dropout", "group_norm", "zero_", "TemporalAttention", "TemporalConv"]
+           "GroupNorm", "conv_nd", "dropout", "group_norm", "zero_", "TemporalAttention", "TemporalConv",
+           "LabelEmbedding", "null_condition", "check_class_dropout"]

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...nn import LabelEmbedding, check_class_dropout
 from ...utils import added_key
 from .fast import fast_forward
 from .train_path import train_forward
@@ -248,7 +249,8 @@ class DiffWave(nn.Module):
         C = cfg.residual_channels
         self.input_projection = _conv1d(1, C, 1)
         self.diffusion_embedding = DiffusionEmbedding(cfg.max_steps)
-        self.label_embedding = nn.Embedding(cfg.num_classes + 1, EMBED_DIM) if cfg.num_classes > 0 else None
+        self.label_embedding = LabelEmbedding(cfg.num_classes, EMBED_DIM, cfg.class_dropout) \
+            if cfg.num_classes > 0 else None
         self.spectrogram_upsampler = SpectrogramUpsampler(upsample_strides(cfg), cfg.upsampler_init) if cfg.n_mels > 0 else None
         self.residual_layers = nn.ModuleList(
             ResidualBlock(cfg.n_mels, C, 2 ** (i % cfg.dilation_cycle)) for i in range(cfg.residual_layers))
@@ -263,19 +265,14 @@ class DiffWave(nn.Module):
     @property
     def null_label(self) -> int:
         """The label index meaning 'no class'; -1 for a model without labels."""
-        return self.cfg.num_classes if self.cfg.num_classes > 0 else -1
+        return self.label_embedding.null_label if self.label_embedding is not None else -1
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, mel: torch.Tensor | None = None,
                 y: torch.Tensor | None = None) -> torch.Tensor:
         t = self._check_inputs(x, t, mel, y)
         emb = self.diffusion_embedding(t)
-        if self.label_embedding is not None:
-            if y is None:
-                y = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
-            elif self.training and self.cfg.class_dropout > 0:  # the null label learns p(x): guidance needs it
-                drop = torch.rand(y.shape, device=y.device) < self.cfg.class_dropout
-                y = torch.where(drop, torch.full_like(y, self.null_label), y)
-            emb = emb + self.label_embedding(y.long())
+        if self.label_embedding is not None:  # y=None: the null label; class dropout in training (guidance needs it)
+            emb = emb + self.label_embedding.embed(y, x.shape[0], x.device, self.cfg.class_dropout)
         if self.fast:
             return fast_forward(self, x, emb, mel) if not torch.is_grad_enabled() else train_forward(self, x, emb, mel)
         cond = self.spectrogram_upsampler(mel) if mel is not None else None
@@ -322,8 +319,7 @@ def _check(cfg: DiffWaveConfig) -> DiffWaveConfig:
         v = getattr(cfg, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"[model] {key} must be an integer >= 0, got {v!r}")
-    if not 0.0 <= float(cfg.class_dropout) <= 1.0:
-        raise ValueError(f"[model] class_dropout must be in [0, 1], got {cfg.class_dropout}")
+    check_class_dropout(cfg.class_dropout)
     if cfg.max_steps < 2:
         raise ValueError(f"[model] max_steps must be >= 2 (the training T), got {cfg.max_steps}")
     if cfg.upsampler_init not in ("interpolate", "lmnt"):
