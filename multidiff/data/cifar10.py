@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .image import CIFAR10_CLASSES, CIFAR10_URL, ImageData, ImageDataError, ImageDataset, _InMemory
+from .image_base import CIFAR10_CLASSES, CIFAR10_URL, ImageData, ImageDataError, ImageDataset, _InMemory
 
 
 class _Refused(pickle.UnpicklingError):
