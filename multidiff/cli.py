@@ -1,11 +1,29 @@
-"""`multidiff` command line. Subcommands appear here as they become real."""
+"""`multidiff` command line: one dispatch through the recipe kinds and the modality protocol --
+nothing here knows what an image, a waveform or a video is."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
 from pathlib import Path
+
+import torch
+
+from . import kinds
+from .core.samplers import SAMPLERS
+from .core.schedule import SPACINGS
+from .data.audio import write_wav
+from .engine.checkpoint import CheckpointError
+from .engine.distributed import init_distributed, shutdown
+from .engine.precision import resolve_precision
+from .engine.runs import Run, load_recipe, load_run, save_resolved
+from .engine.trainer import TrainingDiverged
+from .modalities.audio import AudioModality, is_vocoder
+from .pipelines.complete import METHODS, complete, with_steps
+from .pipelines.generate import check_label_request, generate
+from .pipelines.vocode import vocode
 
 # name -> (module with main(argv), one-line help)
 BENCHMARKS = {
@@ -25,6 +43,10 @@ class UserError(Exception):
     """Something the user can fix; printed as one line, no traceback."""
 
 
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _bench(args) -> int:
     module, _ = BENCHMARKS[args.name]
     try:
@@ -36,19 +58,15 @@ def _bench(args) -> int:
 
 
 def _train(args) -> int:
-    from .recipes import registry
-    from .engine.runs import Run, load_recipe, save_resolved
-    from .engine.distributed import init_distributed, shutdown
-
-    file, sections = load_recipe(args.recipe, args.overrides, registry.schemas())
+    file, sections = load_recipe(args.recipe, args.overrides, kinds.schema_of)
     run_dir = Path(args.out) if args.out else Path("runs") / file.parent.name
+    selection = kinds.StageSelection(only=args.stage or [], force=args.force or [], skip=args.skip or [])
     dist = init_distributed()
     try:
         if dist.is_main:
             save_resolved(run_dir, sections)
             print(f"multidiff train: {file} -> {run_dir}")
-        run = Run(run_dir, sections, main=dist.is_main)
-        registry.module(sections["recipe"].kind).run_recipe(run, dist, args.resume)
+        kinds.run_recipe(Run(run_dir, sections, main=dist.is_main), dist, args.resume, selection)
         if dist.is_main:
             print(f"done: {run_dir}")
     finally:
@@ -56,50 +74,93 @@ def _train(args) -> int:
     return 0
 
 
-def _run_kind(run_dir) -> str:
-    from .recipes import registry
-    from .engine.runs import load_run
-
-    return load_run(run_dir, registry.schemas())["recipe"].kind
+def _open(run_dir, role: str, device, bf16: bool, method: str | None = None):
+    """The run's kind, config and the trained model with `role` (plain | conditioned), or one clear refusal."""
+    sections = load_run(run_dir, kinds.schema_of)
+    kind = kinds.kind_of(sections)
+    roles = kind.roles(sections)
+    if role not in roles:
+        base = kind.base
+        if not roles:
+            raise UserError(base.generation_refusal(sections, run_dir))
+        if method is None:
+            raise UserError(base.generation_refusal(sections, run_dir))
+        if role == "conditioned":
+            raise UserError(f"--method {method} needs a {base.conditioned_name} run; '{run_dir}' has no "
+                            f"{base.conditioned_name} model: use --method replace, repaint or reconstruction")
+        raise UserError(f"method '{method}' needs an unconditional model; '{run_dir}' holds a "
+                        f"{base.conditioned_name} model: use --method conditioned")
+    return kind, sections, kind.model(run_dir, sections, role, device, bf16).load()
 
 
 def _sample(args) -> int:
-    kind = _run_kind(args.run_dir)
-    if kind == "audio":
-        from .cli_audio import sample_command
-    elif kind in ("video", "video_prediction"):
-        from .cli_video import sample_command
-    else:
-        from .cli_image import sample_command
-    return sample_command(args)
+    dev = _device()
+    bf16 = resolve_precision(args.precision, dev)
+    _, _, trained = _open(args.run_dir, "plain", dev, bf16)
+    m, s = trained.modality, trained.sections
+    refusal = m.generation_refusal(s, args.run_dir)
+    if refusal:
+        raise UserError(refusal)
+    check_label_request(trained, args.label, args.guidance)
+    over = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("spacing", args.spacing),
+                              ("eta", args.eta)) if v is not None}
+    cfg = dataclasses.replace(m.sample_settings(s), **over, seed=args.seed)
+    labels = torch.full((args.n,), args.label) if args.label is not None else None
+    x = generate(trained, args.n, cfg, dev, bf16, labels=labels, guidance=args.guidance,
+                 length=m.generation_length(s, args))
+    print(f"wrote {m.write_samples(x, args.out, s, labels, args)} (from {trained.checkpoint})")
+    return 0
 
 
 def _inpaint(args) -> int:
-    kind = _run_kind(args.run_dir)
-    if kind == "audio":
-        from .cli_audio import inpaint_command
-    elif kind in ("video", "video_prediction"):
-        if not args.input:
-            raise UserError("video completion needs --input clip.mp4 and --known-frames (e.g. 0:4 or 0,15)")
-        from .cli_video import inpaint_command
-    else:
-        if not args.image or not (args.mask or args.mask_kind):
-            raise UserError("image inpainting needs --image and --mask or --mask-kind")
-        args.method = args.method or "repaint"
-        from .cli_image import inpaint_command
-    return inpaint_command(args)
+    dev = _device()
+    bf16 = resolve_precision(args.precision, dev)
+    sections = load_run(args.run_dir, kinds.schema_of)
+    kind = kinds.kind_of(sections)
+    method = args.method or kind.default_method(sections)
+    role = "conditioned" if METHODS[method].conditioned else "plain"
+    _, _, trained = _open(args.run_dir, role, dev, bf16, method)
+    m = trained.modality
+    known = m.read_known(args, trained.sections)
+    cfg = kind.completion_config(sections)
+    steps = args.steps or m.completion_steps(trained.sections, known)
+    if steps:
+        cfg = with_steps(cfg, steps)
+    x = complete(trained, method, known.signal, known.mask, cfg, dev, bf16, torch.Generator().manual_seed(args.seed),
+                 cond=known.extra_cond)
+    print(f"wrote {m.write_completed(x, args.out, trained.sections, known, args)} ({method}: {known.summary})")
+    return 0
 
 
 def _vocode(args) -> int:
-    from .cli_audio import vocode_command
-
-    return vocode_command(args)
+    dev = _device()
+    bf16 = resolve_precision(args.precision, dev)
+    sections = load_run(args.run_dir, kinds.schema_of)
+    if not isinstance(kinds.kind_of(sections).base, AudioModality):
+        raise UserError(f"'{args.run_dir}' is a {sections['recipe'].kind} run, not an audio run")
+    if not is_vocoder(sections):
+        raise UserError(f"'{args.run_dir}' holds an unconditional model; use `multidiff sample` with it")
+    _, _, trained = _open(args.run_dir, "plain", dev, bf16)
+    inputs = [Path(p) for p in args.input]
+    out = Path(args.out)
+    to_folder = args.out.endswith(("/", "\\")) or out.is_dir()
+    if len(inputs) > 1 and not to_folder:
+        raise UserError("several --input files need --out to be a folder (ending in /)")
+    v, sr = sections["vocode"], sections["data"].sample_rate
+    for i, p in enumerate(inputs):
+        mel = trained.modality.read_mel(p, sections)
+        wav = vocode(trained, mel, args.steps or v.steps, dev, bf16, torch.Generator().manual_seed(args.seed + i),
+                     sampler=args.sampler or v.sampler,
+                     chunk_frames=args.chunk_frames if args.chunk_frames is not None else v.chunk_frames,
+                     overlap=v.overlap_frames,
+                     consistency=args.consistency if args.consistency is not None else v.consistency)
+        target = out / (p.stem + ".wav") if to_folder else out
+        write_wav(target, wav, sr)
+        print(f"wrote {target} ({wav.shape[-1] / sr:.2f} s, from {trained.checkpoint.name})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .core.samplers import SAMPLERS
-    from .core.schedule import SPACINGS
-
     ap = argparse.ArgumentParser(prog="multidiff", description="One diffusion core for image, audio and video.")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -109,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("recipe", help="recipe folder (holding config.toml) or a .toml file, e.g. recipes/image_digits")
     t.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     t.add_argument("--resume", action="store_true", help="continue a run that was stopped, from its last checkpoint")
+    t.add_argument("--stage", action="append", metavar="NAME",
+                   help="run only this stage (repeatable); the stages before it must have run with this config")
+    t.add_argument("--force", action="append", metavar="NAME",
+                   help="run this stage again even if it finished, and the stages after it (repeatable); "
+                        "--force train keeps the previous weights in RUN/previous_training_<time>/")
+    t.add_argument("--skip", action="append", metavar="NAME", help="leave this stage out (repeatable)")
     t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.steps=500")
     t.set_defaults(func=_train)
 
@@ -140,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = i.add_mutually_exclusive_group()
     g.add_argument("--mask", help="mask PNG: white = region to fill, black = keep")
     g.add_argument("--mask-kind", help="a generated mask: center, left, right, top, bottom, box, strokes")
-    i.add_argument("--method", choices=("repaint", "replace", "reconstruction", "conditioned"),
+    i.add_argument("--method", choices=tuple(METHODS),
                    help="default: repaint for images, conditioned for a frame-conditioned video run, else replace")
     i.add_argument("--steps", type=int, help="sampling steps (default: the run's [inpaint] setting)")
     i.add_argument("--seed", type=int, default=0)
@@ -169,9 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .engine.checkpoint import CheckpointError
-    from .engine.trainer import TrainingDiverged
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command == "train":  # overrides may follow options: train RECIPE --out D a.b=1

@@ -13,7 +13,7 @@ from multidiff.core import Schedule, diffusion_loss
 from multidiff.data.audio import AudioData, build_audio_dataset, random_crop
 from multidiff.metrics.audio import log_mel_distance
 from multidiff.models.diffwave import DiffWave
-from multidiff.recipes.audio import FAST_BETAS, levels_kwargs
+from multidiff.modalities.audio import FAST_BETAS, levels_kwargs
 
 from helpers.spoken_digits import spoken_digits_sc09
 

@@ -4,7 +4,7 @@ import torch
 from multidiff.data.audio import AudioData, build_audio_dataset
 from multidiff.data.mel import MelConfig, mel_spectrogram
 from multidiff.metrics import digit_metrics, train_digit_classifier
-from multidiff.recipes.audio_uncond_eval import IMAGE_SIZE, classifier_epochs, mel_images
+from multidiff.evaluation.audio_uncond import IMAGE_SIZE, classifier_epochs, mel_images
 
 from helpers.spoken_digits import spoken_digits_sc09
 

@@ -10,8 +10,7 @@ from safetensors.torch import load_file
 from multidiff.data.image import ImageData, build_image_dataset
 from multidiff.models.autoencoder import (Autoencoder, AutoencoderConfig, DiagonalGaussian, PatchDiscriminator,
                                           gan_losses)
-from multidiff.recipes.autoencoder import AutoencoderEval, AutoencoderLoss, AutoencoderTask
-from multidiff.recipes.latent_codec import LatentCodec
+from multidiff.modalities.autoencoder import AutoencoderEval, AutoencoderLoss, AutoencoderTask, LatentCodec
 from multidiff.engine import TrainConfig, Trainer, latest_checkpoint
 
 TINY = dict(base_channels=8, norm_groups=4, num_res_blocks=1)

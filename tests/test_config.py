@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from multidiff.recipes import registry
+from multidiff.kinds import schemas
 from multidiff.engine.runs import load_recipe, load_run, save_resolved
 from multidiff.engine.config import ConfigError, parse_override
 
@@ -33,7 +33,7 @@ def recipe(tmp_path):
 
 def test_sections_become_dataclasses_with_overrides(recipe):
     file, s = load_recipe(recipe, ["train.steps=25", "model.channel_mult=[1, 2, 2]", "sample.sampler=ddim",
-                                   "train.lr=2"], registry.schemas())
+                                   "train.lr=2"], schemas())
     assert file == recipe / "config.toml"
     assert s["train"].steps == 25 and s["train"].lr == 2.0 and isinstance(s["train"].lr, float)
     assert s["model"].channel_mult == [1, 2, 2] and s["sample"].sampler == "ddim"
@@ -41,9 +41,9 @@ def test_sections_become_dataclasses_with_overrides(recipe):
 
 
 def test_resolved_config_round_trips(recipe, tmp_path):
-    _, s = load_recipe(recipe, ["train.steps=7"], registry.schemas())
+    _, s = load_recipe(recipe, ["train.steps=7"], schemas())
     save_resolved(tmp_path / "run", s)
-    again = load_run(tmp_path / "run", registry.schemas())
+    again = load_run(tmp_path / "run", schemas())
     assert again == s
     assert tomllib.loads((tmp_path / "run" / "config.toml").read_text())["train"]["steps"] == 7
 
@@ -62,17 +62,17 @@ def test_resolved_config_round_trips(recipe, tmp_path):
 ])
 def test_mistakes_name_the_key_and_the_valid_choices(recipe, override, match):
     with pytest.raises(ConfigError, match=match):
-        load_recipe(recipe, override, registry.schemas())
+        load_recipe(recipe, override, schemas())
 
 
 def test_missing_and_broken_files(tmp_path):
     with pytest.raises(ConfigError, match="no recipe config at"):
-        load_recipe(tmp_path / "nope", [], registry.schemas())
+        load_recipe(tmp_path / "nope", [], schemas())
     (tmp_path / "bad.toml").write_text("[train\nsteps = 1")
     with pytest.raises(ConfigError, match="is not valid TOML"):
-        load_recipe(tmp_path / "bad.toml", [], registry.schemas())
+        load_recipe(tmp_path / "bad.toml", [], schemas())
     with pytest.raises(ConfigError, match="not a multidiff run directory"):
-        load_run(tmp_path, registry.schemas())
+        load_run(tmp_path, schemas())
 
 
 def test_override_values_are_toml():
@@ -88,9 +88,9 @@ def test_stage_hash_of_one_field_ignores_the_rest_of_its_section():
     from multidiff.engine.runs import section_hash
 
     root = Path(__file__).parent.parent / "recipes/image_inpainting_digits"
-    base = load_recipe(root, [], registry.schemas())[1]
-    methods = load_recipe(root, ['inpaint.methods=["replace"]'], registry.schemas())[1]
-    masks = load_recipe(root, ['inpaint.train_masks=["box"]'], registry.schemas())[1]
+    base = load_recipe(root, [], schemas())[1]
+    methods = load_recipe(root, ['inpaint.methods=["replace"]'], schemas())[1]
+    masks = load_recipe(root, ['inpaint.train_masks=["box"]'], schemas())[1]
     deps = ["data", "model", "inpaint.train_masks"]
     assert section_hash(base, deps) == section_hash(methods, deps) != section_hash(masks, deps)
     assert section_hash(base, ["inpaint"]) != section_hash(methods, ["inpaint"])
@@ -107,7 +107,7 @@ def test_keys_added_later_leave_the_hashes_of_existing_runs_alone():
     its checkpoints: an `added_key` at its default is not part of a run's identity; set, it is."""
     from dataclasses import dataclass, field
 
-    from multidiff.recipes import audio
+    from multidiff.modalities.audio import AUDIO
     from multidiff.engine.runs import section_hash
     from multidiff.engine.config import to_toml
     from multidiff.utils import added_key
@@ -128,7 +128,7 @@ def test_keys_added_later_leave_the_hashes_of_existing_runs_alone():
 
     # the audio keys added after the first vocoder runs (their hashes checked unchanged on those runs)
     root = Path(__file__).parent.parent / "recipes/diffwave_espeak"
-    plain = load_recipe(root, ['model.noise_prior="none"', "model.prior_std_min=0.1"], registry.schemas())[1]
+    plain = load_recipe(root, ['model.noise_prior="none"', "model.prior_std_min=0.1"], schemas())[1]
     identity = to_toml({"model": plain["model"]}, identity=True)
     assert "noise_prior" not in identity and "prior_std_min" not in identity
-    assert audio.fingerprint(plain) == section_hash(plain, ["data", "model", "diffusion"])
+    assert AUDIO.fingerprint(plain) == section_hash(plain, ["data", "model", "diffusion"])

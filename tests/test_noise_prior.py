@@ -9,7 +9,9 @@ from multidiff.core import Schedule, diffusion_loss
 from multidiff.data.mel import MelConfig, mel_spectrogram
 from multidiff.models.diffwave import DiffWave
 from multidiff.models.diffwave.noise_prior import MelEnergyPrior, MelEnvelopePrior, NoisePriorModel
-from multidiff.recipes.audio import FAST_BETAS, generate_audio
+from multidiff.modalities.audio import AUDIO, FAST_BETAS
+from multidiff.modalities.base import Trained
+from multidiff.pipelines.vocode import synthesize
 from multidiff.modalities.sections import DiffusionConfig
 
 MEL = MelConfig(hop_length=16, win_length=64, n_fft=64, n_mels=8, sample_rate=8000)
@@ -105,8 +107,8 @@ def test_fast_sampling_matches_the_papers_x_space_sampler(fitted, kind):
     sections = {"diffusion": DiffusionConfig(timesteps=50, beta_start=1e-4, beta_end=0.05)}
     model = NoisePriorModel(net, prior)
     with torch.no_grad():
-        ours = generate_audio(sections, model, wav.shape[-1], mel, 6, torch.device("cpu"), False,
-                              torch.Generator().manual_seed(7), sampler="ddpm")
+        ours = synthesize(Trained(AUDIO, sections, model, None), mel, 6, torch.device("cpu"), False,
+                          torch.Generator().manual_seed(7), sampler="ddpm", n_samples=wav.shape[-1])
         g = torch.Generator().manual_seed(7)
         beta = torch.tensor(FAST_BETAS, dtype=torch.float64)
         alpha, abar = 1 - beta, torch.cumprod(1 - beta, 0)

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import torch
 
-from multidiff.recipes import registry
-from multidiff.recipes.image import train
+from multidiff.kinds import schemas
+from multidiff.modalities.image import IMAGE
+from multidiff.pipelines.train import train_model
 from multidiff.engine.runs import Run, load_recipe
 from multidiff.engine.distributed import DistInfo
 from multidiff.engine.precision import InferenceModel, resolve_precision
@@ -17,9 +18,9 @@ TINY = ["model.base_channels=16", "model.norm_groups=8", "model.channel_mult=[1,
 
 def losses(tmp_path, precision, steps=40):
     _, s = load_recipe(ROOT / "recipes/image_digits", TINY + [f"train.precision={precision}", f"train.steps={steps}",
-                                                               f"train.checkpoint_every={steps}"], registry.schemas())
+                                                               f"train.checkpoint_every={steps}"], schemas())
     out = tmp_path / precision
-    train(Run(out, s, log=lambda *a: None), DistInfo(), resume=False)
+    train_model(Run(out, s, log=lambda *a: None), IMAGE, DistInfo(), resume=False)
     state = json.loads(next((out / "checkpoints").iterdir()).joinpath("state.json").read_text())
     assert state["precision"] == precision
     return [json.loads(ln)["loss"] for ln in (out / "metrics.jsonl").read_text().splitlines()]

@@ -120,7 +120,7 @@ def test_trainer_gives_seeded_items_independent_of_accumulation(tmp_path):
 
 
 def test_real_clips_spread_over_the_classes():
-    from multidiff.recipes.video_eval import real_clips
+    from multidiff.evaluation.video import real_clips
 
     class Ds:  # 40 clips in class-folder order, 4 per class
         def __len__(self):

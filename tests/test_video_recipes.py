@@ -9,7 +9,7 @@ import torch
 
 from multidiff.cli import main
 from multidiff.data.video import read_video
-from multidiff.recipes import registry
+from multidiff.kinds import schemas
 from multidiff.engine.runs import load_recipe
 from multidiff.engine.config import to_toml
 
@@ -78,7 +78,7 @@ def test_inpaint_cli_keeps_the_known_frames(video_run, tmp_path):
 def test_prediction_recipe_trains_its_plain_model_first_and_compares_methods(video_run, tmp_path):
     # the plain model comes from its recipe file (here: the tiny version written out), trained by this recipe
     plain = tmp_path / "plain.toml"
-    _, sections = load_recipe(ROOT / "recipes/video_moving_digits", tiny(video_run), registry.schemas())
+    _, sections = load_recipe(ROOT / "recipes/video_moving_digits", tiny(video_run), schemas())
     plain.write_text(to_toml(sections))
     run, plain_run = tmp_path / "pred", tmp_path / "plain_run"
     over = tiny(video_run) + [f"predict.unconditional_run={plain_run}", f"predict.unconditional_recipe={plain}",
@@ -140,18 +140,18 @@ def test_prediction_recipe_needs_a_frame_conditioned_model(tmp_path, capsys):
 
 
 def test_joint_image_video_training_appends_independent_frames(tmp_path):
-    from multidiff.recipes.video import VideoTask, build_model
+    from multidiff.modalities.video import VIDEO, VideoTask
     from multidiff.engine.trainer import BatchRandom
 
     _, sections = load_recipe(ROOT / "recipes/video_moving_digits", tiny(tmp_path) + ["video.image_frames=3"],
-                              registry.schemas())
+                              schemas())
     task = VideoTask(sections, torch.device("cpu"), bf16=False)
     x0 = torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 1, 4, 16, 16) / 4    # clip b is constant b / 4
     x, mask = task._append_images(x0, BatchRandom(0, 0, 4, slice(0, 4), "cpu"), 3)
     assert x.shape == (4, 1, 7, 16, 16) and mask.tolist() == [[False] * 4 + [True] * 3] * 4
     # class-conditional: a clip's extra frames are its own (its label describes them)
     assert torch.equal(x[:, :, 4:], x0[:, :, :3])
-    net = build_model(sections)
+    net = VIDEO.build_model(sections)
     loss = task.loss(net, (torch.rand(4, 1, 4, 16, 16) * 2 - 1, torch.arange(4)),
                      BatchRandom(0, 0, 4, slice(0, 4), "cpu"))
     loss.backward()

@@ -18,12 +18,13 @@ import torch
 
 from ..data.image import build_image_dataset
 from ..metrics import digit_metrics, load_classifier
-from ..recipes import image, latent, registry
-from ..recipes.image_eval import stack
-from ..engine.runs import load_run
-from ..engine import load_ema_weights
-from ..engine.checkpoint import checkpoint_dirs
+from .. import kinds
+from ..engine.checkpoint import checkpoint_dirs, load_ema_weights
 from ..engine.precision import resolve_precision
+from ..engine.runs import load_run
+from ..evaluation.image import stack
+from ..modalities.base import Trained
+from ..pipelines.generate import generate
 
 
 def train_seconds(run_dir: Path) -> dict[int, float]:
@@ -52,20 +53,19 @@ def main(argv=None) -> None:
     print("| run | step | training s | FD | confidence | coverage | sampling s/image |")
     print("|---|---|---|---|---|---|---|")
     for run_dir in map(Path, args.runs):
-        sections = load_run(run_dir, registry.schemas())
-        decode = None
-        if sections["recipe"].kind == "latent":
-            codec = latent.codec_of_run(run_dir, sections, dev, bf16)
-            sections, decode = latent.latent_view(sections, codec), codec.decode
-        ref = stack(build_image_dataset(load_run(run_dir, registry.schemas())["data"], "train"))
+        sections = load_run(run_dir, kinds.schema_of)
+        where = kinds.kind_of(sections).model(run_dir, sections, "plain", dev, bf16)
+        if where.before_load is not None:
+            where.before_load()  # a latent run: its autoencoder must be the one it was trained with
+        m = where.modality
+        ref = stack(build_image_dataset(sections["data"], "train"))
         secs = train_seconds(run_dir)
         for ckpt in checkpoint_dirs(run_dir / "checkpoints"):
             step = int(ckpt.name.split("_")[1])
-            model = load_ema_weights(ckpt, image.build_model(sections))
+            trained = Trained(m, sections, load_ema_weights(ckpt, m.build_model(sections)), ckpt)
             t = time.perf_counter()
-            x = image.generate(sections, model, sections["sample"], args.n, dev, bf16, seed=args.seed, batch=200,
-                               progress=False, decode=decode,
-                               sampler_kw={"sampler": args.sampler, "steps": args.steps, "spacing": "karras"})
+            x = generate(trained, args.n, sections["sample"], dev, bf16, seed=args.seed, batch=200, progress=False,
+                         sampler_kw={"sampler": args.sampler, "steps": args.steps, "spacing": "karras"})
             per_image = (time.perf_counter() - t) / args.n
             m = digit_metrics(clf, x, ref)
             print(f"| {run_dir.name} | {step} | {secs.get(step, float('nan')):.0f} | {m['fd']:.2f} | "

@@ -13,19 +13,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..recipes import registry
-from ..engine.runs import Run, load_recipe
+import matplotlib
+import matplotlib.pyplot as plt
+
+from .. import kinds
 from ..engine.distributed import DistInfo
+from ..engine.runs import Run, load_recipe
+from ..pipelines.train import train_model
 
 
 def train_once(recipe: str, precision: str, steps: int, out: Path) -> tuple[list[float], float]:
     overrides = [f"train.precision={precision}", f"train.steps={steps}", f"train.checkpoint_every={steps}",
                  "train.sample_every=0", "train.log_every=1"]
-    _, sections = load_recipe(recipe, overrides, registry.schemas())
-    from ..recipes.image import train
-
+    _, sections = load_recipe(recipe, overrides, kinds.schema_of)
     t0 = time.perf_counter()
-    train(Run(out, sections, log=lambda *a: None), DistInfo(), resume=False)
+    train_model(Run(out, sections, log=lambda *a: None), kinds.kind_of(sections).base, DistInfo(), resume=False)
     secs = time.perf_counter() - t0
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows], secs
@@ -48,11 +50,7 @@ def main(argv=None) -> None:
         ma, mb = sum(a[s:s + w]) / len(a[s:s + w]), sum(b[s:s + w]) / len(b[s:s + w])
         print(f"| {s + 1}-{min(s + w, args.steps)} | {ma:.4f} | {mb:.4f} | {mb / ma:.3f} |")
     print(f"\nwall clock: fp32 {ta:.0f} s, bf16 {tb:.0f} s ({ta / tb:.2f}x)")
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for name, (loss, _) in curves.items():
         k = max(1, w // 5)

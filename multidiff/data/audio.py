@@ -209,6 +209,12 @@ class AudioDataset(torch.utils.data.Dataset):
             self._mel(path, audio)
 
 
+def write_wav(path, wav: torch.Tensor, sample_rate: int) -> None:
+    """A waveform [.., L] in [-1, 1] as a 16-bit PCM WAV, written atomically."""
+    with atomic_path(path) as tmp:
+        sf.write(tmp, wav.reshape(-1).float().numpy(), sample_rate, subtype="PCM_16", format="WAV")
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         np.save(tmp, array, allow_pickle=False)

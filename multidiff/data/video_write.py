@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ..utils import atomic_path
+from .image import save_image_grid
 
 
 def _has_encoder(name: str) -> bool:
@@ -123,3 +124,21 @@ def save_video_grid(clips: torch.Tensor, path, nrow: int | None = None, fps: flo
         top, left = padding + (i // nrow) * (h + padding), padding + (i % nrow) * (w + padding)
         grid[:, :, top:top + h, left:left + w] = x[i]
     return write_video(grid, path, fps)
+
+
+def save_frame_grid(clips: torch.Tensor, path) -> Path:
+    """A PNG with one row per clip and one column per frame (what a page can show without playing)."""
+    B, C, T, H, W = clips.shape
+    return save_image_grid(clips.transpose(1, 2).reshape(B * T, C, H, W), path, nrow=T)
+
+
+def save_clips(clips: torch.Tensor, out_dir, fps: float, nrow: int | None = None) -> dict:
+    """Each clip as clip_XXXX.mp4 + .gif, plus grid.mp4, grid.gif and frames.png of all of them."""
+    out_dir = Path(out_dir)
+    for i, c in enumerate(clips):
+        write_video(c, out_dir / f"clip_{i:04d}.mp4", fps=fps)
+        write_gif(c, out_dir / f"clip_{i:04d}.gif", fps=fps)
+    save_video_grid(clips, out_dir / "grid.mp4", nrow=nrow, fps=fps)
+    save_video_grid(clips, out_dir / "grid.gif", nrow=nrow, fps=fps)
+    save_frame_grid(clips, out_dir / "frames.png")
+    return {"clips": len(clips), "dir": str(out_dir)}

@@ -13,14 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, build_sections, read_recipe, to_toml
-from ..utils import read_json, write_json, write_text
+from ..utils import added_key, read_json, write_json, write_text
 
 
 @dataclass
 class RecipeInfo:
-    """The [recipe] section."""
+    """The [recipe] section. `modality` ("package.module:NAME") names a Modality object from outside
+    multidiff for a kind of the user's own (multidiff.kinds.schema_of registers it; docs/extending.md)."""
     kind: str = "image"
     description: str = ""
+    modality: str = added_key("")
 
 
 def section_hash(sections: dict, names) -> str:
@@ -46,6 +48,11 @@ class Run:
     def __getitem__(self, name):
         return self.sections[name]
 
+    def is_done(self, name: str, depends_on) -> bool:
+        """Stage `name` finished with the config sections it depends on as they are now."""
+        marker = self.dir / "stages" / f"{name}.json"
+        return marker.exists() and read_json(marker).get("config_hash") == section_hash(self.sections, depends_on)
+
     def stage(self, name: str, depends_on, fn, force: bool = False):
         """Run `fn()` unless stage `name` already finished with the same config sections; returns
         the stage's summary dict (what fn returned, or what was recorded)."""
@@ -65,14 +72,22 @@ class Run:
         return summary
 
 
-def load_recipe(path, overrides, schemas: dict) -> tuple[Path, dict]:
-    """Read a recipe and build its sections with the schema of its [recipe] kind."""
+def load_recipe(path, overrides, schemas) -> tuple[Path, dict]:
+    """Read a recipe and build its sections with the schema of its [recipe] kind: `schemas` maps kinds to
+    their sections, or is a function of the [recipe] section that returns them (or raises ConfigError)."""
     file, tables = read_recipe(path, overrides)
     info = build_sections({"recipe": tables.get("recipe", {})}, {"recipe": RecipeInfo}, file)["recipe"]
-    if info.kind not in schemas:
+    if callable(schemas):
+        try:
+            schema = schemas(info)
+        except ConfigError as e:
+            raise ConfigError(f"{file}: {e}") from None
+    elif info.kind in schemas:
+        schema = schemas[info.kind]
+    else:
         raise ConfigError(f"{file}: recipe.kind = {info.kind!r} is not one of {sorted(schemas)}")
     try:
-        sections = build_sections(tables, {"recipe": RecipeInfo, **schemas[info.kind]}, file)
+        sections = build_sections(tables, {"recipe": RecipeInfo, **schema}, file)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{file}: {e}") from None
     return file, sections
@@ -82,10 +97,24 @@ def save_resolved(run_dir: Path, sections: dict) -> None:
     write_text(Path(run_dir) / "config.toml", to_toml(sections))
 
 
-def load_run(run_dir, schemas: dict) -> dict:
-    """The resolved config of an existing run directory."""
+def _run_config(run_dir) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise ConfigError(f"'{run_dir}' is not a multidiff run directory (no config.toml); give the --out folder "
                           "of a `multidiff train` run")
-    return load_recipe(run_dir / "config.toml", [], schemas)[1]
+    return run_dir / "config.toml"
+
+
+def load_run(run_dir, schemas: dict) -> dict:
+    """The resolved config of an existing run directory (any kind in `schemas`)."""
+    return load_recipe(_run_config(run_dir), [], schemas)[1]
+
+
+def load_sections(run_dir, schema: dict) -> dict:
+    """The resolved config of an existing run directory of one kind, whose sections `schema` names."""
+    file = _run_config(run_dir)
+    _, tables = read_recipe(file, [])
+    try:
+        return build_sections(tables, {"recipe": RecipeInfo, **schema}, file)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{file}: {e}") from None

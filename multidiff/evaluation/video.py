@@ -1,5 +1,5 @@
-"""Video recipe evaluation: per-frame quality and temporal consistency for each (sampler, steps)
-row of [eval] table, next to the same numbers for real held-out clips.
+"""Video evaluation: per-frame quality and temporal consistency for each (sampler, steps) row of the
+[eval] table, next to the same numbers for real held-out clips.
 
 Digit videos (Moving-digits with one labelled digit per clip): a digit classifier trained on frames
 of the real train clips (at the clips' own size, so it reads a digit anywhere on the canvas) gives
@@ -10,20 +10,34 @@ clip was asked for, and the identity agreement across a clip's frames. Every vid
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import torch
 
+from ..core.samplers import default_spacing, nfe
 from ..data.video import build_video_dataset
+from ..data.video_write import save_clips, save_frame_grid
 from ..metrics import digit_metrics, load_classifier, save_classifier, train_digit_classifier
 from ..metrics.video import I3DFeatures, fvd, frames_of, identity_agreement, motion
-from ..engine.precision import resolve_precision
-from ..utils import write_json, write_text
-from .image_eval import nfe, parse_row
-from ..engine.runs import Run
-from .video import codec_of, generate, load_trained, save_clips, save_frame_grid
+from ..modalities.base import Trained
+from ..pipelines.generate import generate
+from .image import parse_row
+from .tables import markdown_table, write_result
 
 
-def is_digit_video(run: Run) -> bool:
+@dataclass
+class VideoEvalConfig:
+    """The [eval] section."""
+    n: int = 100                 # generated clips per table row
+    batch: int = 50
+    table: list[str] = field(default_factory=lambda: ["dpmpp_2m:20", "ddim:50"])
+    classifier_epochs: int = 4
+    classifier_frames: int = 4   # frames per real train clip the digit classifier learns from
+    i3d_weights: str = ""        # local TorchScript I3D (i3d_torchscript.pt): FVD
+    seed: int = 1
+
+
+def is_digit_video(run) -> bool:
     return run["prep"].build == "moving_digits" and run["prep"].digits == "1"
 
 
@@ -35,7 +49,7 @@ def real_clips(ds, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([c for c, _ in items]), torch.tensor([y for _, y in items])
 
 
-def frame_classifier(run: Run, train_clips: torch.Tensor, train_labels: torch.Tensor):
+def frame_classifier(run, train_clips: torch.Tensor, train_labels: torch.Tensor):
     """A digit classifier on frames of the real train clips; trained once, cached in the run."""
     path = run.dir / "eval" / "frame_classifier.safetensors"
     if path.exists():
@@ -49,8 +63,8 @@ def frame_classifier(run: Run, train_clips: torch.Tensor, train_labels: torch.Te
     return clf
 
 
-class _Scorer:
-    def __init__(self, run: Run):
+class Scorer:
+    def __init__(self, run):
         ev = run["eval"]
         self.digits = is_digit_video(run)
         test_clips, self.test_labels = real_clips(build_video_dataset(run["data"], "test"), ev.n)
@@ -84,22 +98,17 @@ class _Scorer:
         return out
 
 
-def evaluate(run: Run, dist) -> dict:
+def evaluate(run, trained: Trained, device, bf16: bool) -> dict:
     ev = run["eval"]
-    bf16 = resolve_precision(run["train"].precision, dist.device)
-    codec = codec_of(run.sections, dist.device, bf16)
-    model, ckpt = load_trained(run.dir, run.sections, codec)
-    score = _Scorer(run)
-    K = run["model"].num_classes
+    score = Scorer(run)
+    K = trained.num_classes
     labels = torch.arange(ev.n) % K if K else None
     rows = []
     for entry in ev.table:
         sampler, steps = parse_row(entry)
         t0 = time.perf_counter()
-        x = generate(run.sections, model, run["sample"], ev.n, dist.device, bf16, seed=ev.seed, batch=ev.batch,
-                     labels=labels, codec=codec, sampler_kw={"sampler": sampler, "steps": steps,
-                                                             "spacing": "leading" if sampler in ("ddpm", "ddim")
-                                                             else "karras"})
+        x = generate(trained, ev.n, run["sample"], device, bf16, seed=ev.seed, batch=ev.batch, labels=labels,
+                     sampler_kw={"sampler": sampler, "steps": steps, "spacing": default_spacing(sampler)})
         secs = (time.perf_counter() - t0) / ev.n
         save_frame_grid(x[:20], run.dir / "samples" / f"eval_{sampler}_{steps}.png")
         rows.append({"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), "seconds_per_clip": secs,
@@ -107,24 +116,12 @@ def evaluate(run: Run, dist) -> dict:
         run.log(f"[evaluate] {entry}: " + ", ".join(f"{k}={v:.4g}" for k, v in rows[-1].items()
                                                      if isinstance(v, float)))
     save_clips(x[:20], run.dir / "samples" / "eval_last_row", run["sample"].fps, nrow=10 if K == 10 else None)
-    result = {**score.header, "checkpoint": str(ckpt), "n": ev.n, "frames": x.shape[2],
+    result = {**score.header, "checkpoint": str(trained.checkpoint), "n": ev.n, "frames": x.shape[2],
               "precision": "bf16" if bf16 else "fp32", "rows": rows}
-    write_json(run.dir / "eval.json", result)
-    write_text(run.dir / "eval.md", markdown(result))
-    return {"eval": str(run.dir / "eval.json")}
+    real = {"sampler": "real test clips", **result["real_test"]}
+    return write_result(run.dir, result, markdown_table(rows + [real], COLUMNS))
 
 
-COLUMNS = ("fd", "confidence", "coverage", "label_accuracy", "identity_agreement", "speed", "jerk", "fvd")
-
-
-def markdown(result: dict) -> str:
-    rows, real = result["rows"], result["real_test"]
-    keys = [k for k in COLUMNS if rows and k in rows[0]]
-    lines = ["| sampler | steps | NFE | " + " | ".join(keys) + " | s/clip |",
-             "|---|---|---|" + "---|" * len(keys) + "---|"]
-    for r in rows:
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | "
-                     + " | ".join(f"{r[k]:.3f}" for k in keys) + f" | {r['seconds_per_clip']:.3f} |")
-    lines.append("| real test clips | - | - | " + " | ".join(f"{real[k]:.3f}" if k in real else "-" for k in keys)
-                 + " | - |")
-    return "\n".join(lines) + "\n"
+COLUMNS = {"sampler": "sampler", "steps": "steps", "nfe": "NFE", "fd": "fd", "confidence": "confidence",
+           "coverage": "coverage", "label_accuracy": "label_accuracy", "identity_agreement": "identity_agreement",
+           "speed": "speed", "jerk": "jerk", "fvd": "fvd", "seconds_per_clip": "s/clip"}

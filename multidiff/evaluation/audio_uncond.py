@@ -19,14 +19,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..data.audio import build_audio_dataset
+from ..data.audio import write_wav
 from ..data.mel import mel_spectrogram
 from ..metrics import digit_metrics, load_classifier, save_classifier, train_digit_classifier
 from ..metrics.audio import real_time_factor
-from ..utils import write_json, write_text
-from . import audio
-from .audio import write_wav
-from ..engine.runs import Run
+from ..modalities.audio import AUDIO, mel_config
+from ..modalities.base import Trained
+from ..pipelines.generate import generate
+from .tables import markdown_table, write_result
 
 IMAGE_SIZE = 32            # the classifier's view of a clip: its mel resized to 32 x 32
 MIN_CLASSIFIER_STEPS = 80  # a small corpus gets more epochs: 12 epochs of 100 clips (24 steps) underfit
@@ -66,10 +66,10 @@ class _Scorer:
     """A classifier on the real train clips' mel images (trained once, cached in the run) and the
     reference features it scores generated clips against."""
 
-    def __init__(self, run: Run):
+    def __init__(self, run):
         s, ev = run.sections, run["eval"]
-        self.style, self.mel_cfg = s["data"].mel, audio.mel_config(s)
-        train = build_audio_dataset(s["data"], "train", cache_dir=audio.cache_dir(run))
+        self.style, self.mel_cfg = s["data"].mel, mel_config(s)
+        train = AUDIO.dataset(run, "train")
         self.active = 2 <= train.num_classes <= 10
         self.header, self.real_row = {"classes": train.num_classes}, None
         if not self.active:
@@ -85,7 +85,7 @@ class _Scorer:
                                               epochs=classifier_epochs(len(labels), ev.classifier_epochs))
             save_classifier(self.clf, path)
         try:
-            held = build_audio_dataset(s["data"], "eval", cache_dir=audio.cache_dir(run))
+            held = AUDIO.dataset(run, "eval")
         except ValueError:  # a corpus without an eval split: no reference row
             held = None
         self.header.update(feature_extractor="classifier trained on the real train clips' mel spectrograms",
@@ -109,34 +109,30 @@ class _Scorer:
         return self.score(mel_images(mel_spectrogram(clips[:, None], self.mel_cfg), self.style), labels)
 
 
-def evaluate_unconditional(run: Run, model, ckpt, dist, bf16) -> dict:
+def evaluate_unconditional(run, trained: Trained, device, bf16: bool) -> dict:
     s, ev = run.sections, run["eval"]
     sr, hop = s["data"].sample_rate, s["model"].hop_length
     n_samples = int(sr * ev.seconds) // hop * hop
     score = _Scorer(run)
-    K = s["model"].num_classes
+    K = trained.num_classes
     labels = torch.arange(ev.n) % K if K else None
     rows = [score.real_row] if score.real_row else []
+    settings = AUDIO.sample_settings(s)
     for steps in ev.steps:
-        t0, clips = time.perf_counter(), []
-        g = torch.Generator().manual_seed(0)
-        for a in range(0, ev.n, ev.batch):
-            y = labels[a:a + ev.batch] if labels is not None else None
-            clips.append(audio.generate_audio(s, model, n_samples, None, steps, dist.device, bf16, g, labels=y,
-                                              batch=min(ev.batch, ev.n - a),
-                                              guidance=ev.guidance if y is not None else 1.0)[:, 0].cpu())
-        x = torch.cat(clips)
+        t0 = time.perf_counter()
+        x = generate(trained, ev.n, settings, device, bf16, seed=0, labels=labels, batch=ev.batch,
+                     guidance=ev.guidance if labels is not None else 1.0, progress=False, length=n_samples,
+                     sampler_kw={"steps": steps})[:, 0]
         secs = time.perf_counter() - t0
         for i in range(min(len(x), ev.save_wavs)):
             write_wav(run.dir / "samples" / f"steps{steps}_{i:02d}.wav", x[i], sr)
         rows.append({"method": f"diffwave_{steps}", **score(x, labels),
                      "rtf": real_time_factor(secs, len(x) * n_samples, sr)})
-    result = {"checkpoint": str(ckpt), "clips": ev.n, "seconds": n_samples / sr, **score.header, "rows": rows}
-    write_json(run.dir / "eval.json", result)
-    write_text(run.dir / "eval.md", audio.method_table(rows, COLUMNS, first="clips"))
+    result = {"checkpoint": str(trained.checkpoint), "clips": ev.n, "seconds": n_samples / sr, **score.header,
+              "rows": rows}
     for r in rows:
         run.log(f"[evaluate] {r['method']}: " + ", ".join(f"{k} {r[k]:.3f}" for k in COLUMNS if k in r))
-    return {"eval": str(run.dir / "eval.json")}
+    return write_result(run.dir, result, markdown_table(rows, {"method": "clips", **COLUMNS}))
 
 
 COLUMNS = {"fd": "FD (classifier features)", "inception_score": "IS", "modified_inception_score": "mIS",

@@ -1,0 +1,30 @@
+"""The one writer of evaluation tables: rows of numbers -> eval.json + a markdown table (eval.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..utils import write_json, write_text
+
+
+def markdown_table(rows: list[dict], columns: dict[str, str | tuple[str, str]]) -> str:
+    """One markdown row per dict, one column per `columns` entry (key -> header, or (header, format));
+    numbers are formatted (".3f" unless a format is given), text and integers written as they are, "-"
+    where a row lacks the key. A column no row has is left out (e.g. PESQ without the `eval` extra)."""
+    spec = {k: (v, ".3f") if isinstance(v, str) else v for k, v in columns.items()}
+    keys = [k for k in spec if any(k in r for r in rows)]
+
+    def cell(r: dict, k: str) -> str:
+        v = r.get(k, "-")
+        return format(v, spec[k][1]) if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(spec[k][0] for k in keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r, k) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_result(run_dir, result: dict, markdown: str) -> dict:
+    """RUN/eval.json and RUN/eval.md; returns the stage's summary."""
+    path = Path(run_dir) / "eval.json"
+    write_json(path, result)
+    write_text(Path(run_dir) / "eval.md", markdown)
+    return {"eval": str(path)}

@@ -1,0 +1,100 @@
+"""Recipe kinds: a kind names its config sections, its stages [(name, depends_on, fn)] and where its
+trained models are; the only package that knows both the modalities and their evaluations.
+
+    image             prepare -> train -> sample -> evaluate      (mask-conditioned: prepare -> train)
+    image_inpainting  prepare -> train_unconditional -> train_conditioned -> evaluate  (both, compared)
+    latent            [the autoencoder's own stages] -> prepare -> train -> sample -> evaluate
+    autoencoder       prepare -> train -> scale -> evaluate
+    audio             prepare -> train -> evaluate                 (vocoder or unconditional DiffWave)
+    video             prepare -> train -> sample -> evaluate       (frame-conditioned: prepare -> train)
+    video_prediction  prepare -> train -> evaluate                 (trains its plain model's recipe first)
+
+A run's models have roles: "plain" generates from noise (and fills with replace / repaint /
+reconstruction), "conditioned" takes the known part as input. Stages are idempotent
+(engine/runs.py): a re-run skips what finished with the same config; `multidiff train RECIPE
+--stage NAME / --force NAME / --skip NAME` picks them (StageSelection).
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..engine.config import ConfigError
+from ..engine.distributed import DistInfo
+from ..engine.runs import Run
+from ..modalities.base import Modality
+from ..modalities.sections import SampleConfig
+from .audio import AudioKind
+from .base import TRAINING, Kind, ModelRef, Stage, StageSelection, bf16_of, load_role, sample_stage_for, train_stage, run_stages
+from .images import AUTOENCODER_KIND, ImageInpaintingKind, ImageKind, LatentKind
+from .video import VIDEO_KIND, VideoPredictionKind
+
+__all__ = ["KINDS", "Kind", "ModelRef", "Stage", "StageSelection", "kind_of", "run_recipe", "schema_of", "schemas"]
+
+
+class ModalityKind(Kind):
+    """The kind of a modality multidiff does not ship ([recipe] modality = "package.module:NAME"):
+    prepare -> train -> sample (-> evaluate, when the modality has `evaluate(run, trained, device, bf16)`)."""
+
+    def __init__(self, name: str, modality: Modality):
+        self.name, self.base = name, modality
+
+    def schema(self):
+        return {**self.base.schema(), "sample": SampleConfig}
+
+    def stages(self, run, dist, resume):
+        m = self.base
+        stages = [Stage("prepare", ["data"], lambda: m.prepare(run), "main+wait"),
+                  train_stage(run, m, dist, resume, TRAINING)]
+        if self.roles(run.sections) == ("plain",):
+            stages.append(sample_stage_for(self, run, dist, TRAINING))
+            if hasattr(m, "evaluate"):
+                stages.append(Stage("evaluate", TRAINING + ["sample"], lambda: m.evaluate(
+                    run, load_role(self, run, dist), dist.device, bf16_of(run, dist)), "main"))
+        return stages
+
+
+def _import_modality(spec: str) -> Modality:
+    module, _, attr = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"recipe.modality = {spec!r} cannot be imported ({e}); write it as \"package.module:NAME\" "
+                          "of a Modality object, with the package installed or on PYTHONPATH") from None
+    if not isinstance(obj, Modality):
+        raise ConfigError(f"recipe.modality = {spec!r} is a {type(obj).__name__}, not a multidiff Modality")
+    return obj
+
+
+# ---- the registry ------------------------------------------------------------------------------
+KINDS: dict[str, Kind] = {k.name: k for k in (ImageKind(), ImageInpaintingKind(), LatentKind(), AUTOENCODER_KIND,
+                                               AudioKind(), VIDEO_KIND, VideoPredictionKind())}
+
+
+def schemas() -> dict[str, dict[str, type]]:
+    """The sections of every kind multidiff ships."""
+    return {name: kind.schema() for name, kind in KINDS.items()}
+
+
+def schema_of(info) -> dict[str, type]:
+    """The sections of a recipe's kind ([recipe] section `info`); a `modality` from outside is registered
+    here as a kind of its own, so its runs train, sample and complete through the same commands."""
+    if info.modality:
+        if info.kind in KINDS and not isinstance(KINDS[info.kind], ModalityKind):
+            raise ConfigError(f"recipe.kind = {info.kind!r} is a kind multidiff ships; give your modality's kind "
+                              "another name")
+        KINDS[info.kind] = ModalityKind(info.kind, _import_modality(info.modality))
+    if info.kind not in KINDS:
+        raise ConfigError(f"recipe.kind = {info.kind!r} is not one of {sorted(KINDS)} (or set recipe.modality to "
+                          "your own modality, see docs/extending.md)")
+    return KINDS[info.kind].schema()
+
+
+def kind_of(sections: dict) -> Kind:
+    return KINDS[sections["recipe"].kind]
+
+
+def run_recipe(run: Run, dist: DistInfo, resume: bool, selection: StageSelection | None = None) -> None:
+    """The kind's stages in order, finished ones skipped, with the user's --stage / --force / --skip."""
+    kind = kind_of(run.sections)
+    kind.check(run.sections)
+    run_stages(run, kind.stages(run, dist, resume), dist, selection, f"a {kind.name} recipe")

@@ -1,0 +1,148 @@
+"""What every recipe kind is made of: stages, the user's stage selection, where a run keeps its
+models, and the runner of a list of stages (the registry of kinds: kinds/__init__.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..engine.checkpoint import latest_checkpoint
+from ..engine.config import ConfigError
+from ..engine.distributed import DistInfo, barrier
+from ..engine.precision import resolve_precision
+from ..engine.runs import Run
+from ..modalities.base import Modality, Trained, load_trained
+from ..modalities.image import IMAGE
+from ..pipelines.complete import CompletionSampling
+from ..pipelines.generate import sample_stage
+from ..pipelines.train import archive_training, train_model
+
+TRAINING = ["data", "model", "diffusion", "train"]
+
+
+@dataclass
+class Stage:
+    name: str
+    depends_on: list[str]
+    fn: Callable[[], dict]
+    ranks: str = "all"            # all (training) | main (rank 0 only) | main+wait (rank 0, the others wait for it)
+    reset: Callable[[], object] | None = None   # what --force does first (train: keep the old weights aside)
+    run: Run | None = None        # the Run whose sections its hash is taken of (default: the recipe's)
+
+
+@dataclass
+class StageSelection:
+    """--stage (only these), --force (again even if finished, and the stages after it), --skip."""
+    only: list[str] = field(default_factory=list)
+    force: list[str] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelRef:
+    """Where a run keeps one trained model: its modality, its config, its directory."""
+    modality: Modality
+    sections: dict
+    run_dir: Path
+    before_load: Callable[[], None] | None = None   # e.g. the check that a latent model's autoencoder is unchanged
+
+    def load(self) -> Trained:
+        if self.before_load is not None:
+            self.before_load()
+        return load_trained(self.modality, self.sections, self.run_dir)
+
+
+class Kind:
+    """A recipe kind; subclasses name its sections, stages and models."""
+    name = "kind"
+    base: Modality = IMAGE             # the modality (before any autoencoder)
+    completion_section = "inpaint"     # the section holding its CompletionSampling keys, if it has one
+
+    def schema(self) -> dict[str, type]:
+        raise NotImplementedError
+
+    def modality(self, sections: dict, device=None, bf16: bool = False) -> Modality:
+        return self.base
+
+    def check(self, sections: dict) -> None:
+        """Refuse a config whose parts do not fit, before any stage runs."""
+        self.base.check(sections)
+
+    def stages(self, run: Run, dist: DistInfo, resume: bool) -> list[Stage]:
+        raise NotImplementedError
+
+    def roles(self, sections: dict) -> tuple[str, ...]:
+        return ("conditioned",) if self.base.conditioned(sections) else ("plain",)
+
+    def model(self, run_dir, sections: dict, role: str, device=None, bf16: bool = False) -> ModelRef:
+        return ModelRef(self.modality(sections, device, bf16), sections, Path(run_dir))
+
+    def default_method(self, sections: dict) -> str:
+        return "conditioned" if self.roles(sections) == ("conditioned",) else self.base.default_completion
+
+    def completion_config(self, sections: dict) -> CompletionSampling:
+        return sections.get(self.completion_section) or CompletionSampling()
+
+
+def bf16_of(run: Run, dist: DistInfo) -> bool:
+    return resolve_precision(run["train"].precision, dist.device)
+
+
+def load_role(kind: Kind, run: Run, dist: DistInfo, role: str = "plain") -> Trained:
+    return kind.model(run.dir, run.sections, role, dist.device, bf16_of(run, dist)).load()
+
+
+def train_stage(run: Run, modality: Modality, dist, resume, deps, **options) -> Stage:
+    return Stage("train", deps, lambda: train_model(run, modality, dist, resume, **options),
+                 reset=lambda: archive_training(run.dir))
+
+
+def sample_stage_for(kind: Kind, run: Run, dist: DistInfo, deps) -> Stage:
+    return Stage("sample", deps + ["sample"], lambda: sample_stage(run, load_role(kind, run, dist), dist.device,
+                                                                   bf16_of(run, dist)), "main")
+
+
+def has_trained_model(run_dir: Path) -> bool:
+    return latest_checkpoint(run_dir / "checkpoints") is not None and (run_dir / "stages" / "train.json").is_file()
+
+
+def only_kind(kind: "Kind", what: str):
+    """A schema function (engine.runs.load_recipe) that accepts recipes of `kind` only, naming `what` otherwise."""
+    def schema(info):
+        if info.kind != kind.name:
+            raise ConfigError(f"{what} must be a {kind.name} recipe, not a {info.kind!r} one")
+        return kind.schema()
+    return schema
+
+
+def execute(run: Run, st: Stage, dist: DistInfo, force: bool) -> None:
+    """One stage on the processes it runs on (its hash taken of st.run's sections, if it names one)."""
+    if force and st.reset is not None and dist.is_main:
+        kept = st.reset()
+        if kept:
+            run.log(f"[{st.name}] --force: the previous training is kept in {kept}")
+    barrier(dist)
+    if st.ranks == "all" or dist.is_main:
+        (st.run or run).stage(st.name, st.depends_on, st.fn, force=force)
+    if st.ranks == "main+wait":
+        barrier(dist)
+
+
+def run_stages(run: Run, stages: list[Stage], dist: DistInfo, selection: StageSelection | None = None,
+               what: str = "this recipe") -> None:
+    """Stages in order, finished ones skipped, with the user's --stage / --force / --skip."""
+    sel = selection or StageSelection()
+    names = [st.name for st in stages]
+    bad = [n for n in sel.only + sel.force + sel.skip if n not in names]
+    if bad:
+        raise ConfigError(f"{what} has no stage {', '.join(map(repr, bad))}; its stages are: {', '.join(names)}")
+    last_wanted = max((names.index(n) for n in sel.only), default=len(names))
+    forcing = False
+    for i, st in enumerate(stages):
+        if st.name in sel.skip or (sel.only and st.name not in sel.only):
+            if sel.only and i < last_wanted and not (st.run or run).is_done(st.name, st.depends_on):
+                raise ConfigError(f"stage '{st.name}' has not run with this config yet, and --stage "
+                                  f"{' '.join(sel.only)} needs it: add --stage {st.name}, or leave out --stage")
+            continue
+        forcing = forcing or st.name in sel.force
+        execute(run, st, dist, force=forcing)

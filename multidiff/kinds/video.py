@@ -1,0 +1,128 @@
+"""The video kinds: generation (pixels or an autoencoder's latents, frame by frame), and prediction /
+interpolation with a frame-conditioned model compared against a plain model's completion."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..engine.config import ConfigError
+from ..engine.distributed import DistInfo
+from ..engine.runs import Run, load_recipe, load_run, save_resolved
+from ..evaluation import prediction as prediction_eval
+from ..evaluation import video as video_eval
+from ..modalities.autoencoder import load_autoencoder
+from ..modalities.latent import LatentModality
+from ..modalities.video import VIDEO, VideoSampleConfig
+from ..pipelines.train import archive_training, train_model
+from .base import Kind, ModelRef, Stage, bf16_of, has_trained_model, load_role, sample_stage_for, only_kind, run_stages
+
+
+class VideoKind(Kind):
+    name = "video"
+    base = VIDEO
+    completion_section = "predict"
+    TRAINING = ["data", "model", "diffusion", "video", "train", "latent"]
+
+    def schema(self):
+        return {**VIDEO.schema(), "sample": VideoSampleConfig, "eval": video_eval.VideoEvalConfig}
+
+    def modality(self, sections, device=None, bf16=False):
+        path = sections["latent"].autoencoder
+        return LatentModality(VIDEO, load_autoencoder(path, device, bf16)) if path else VIDEO
+
+    def check(self, sections):
+        if not sections["latent"].autoencoder:
+            VIDEO.check(sections)  # (a latent run checks once its autoencoder is loaded)
+
+    def model(self, run_dir, sections, role, device=None, bf16=False):
+        m = self.modality(sections, device, bf16)
+        check = (lambda: m.check_record(run_dir, required=True)) if isinstance(m, LatentModality) else None
+        return ModelRef(m, sections, Path(run_dir), check)
+
+    def train_stages(self, run, dist, resume) -> list[Stage]:
+        m = self.modality(run.sections, dist.device, bf16_of(run, dist))
+        m.check(run.sections)
+
+        def train():
+            if isinstance(m, LatentModality) and dist.is_main:
+                m.write_record(run.dir, run["latent"].autoencoder)
+            return train_model(run, m, dist, resume)
+        return [Stage("prepare", ["data", "prep"], lambda: VIDEO.prepare(run), "main+wait"),
+                Stage("train", self.TRAINING, train, reset=lambda: archive_training(run.dir))]
+
+    def stages(self, run, dist, resume):
+        stages = self.train_stages(run, dist, resume)
+        if VIDEO.conditioned(run.sections):
+            return stages  # a frame-conditioned model is sampled and scored by the prediction recipe
+        return stages + [sample_stage_for(self, run, dist, self.TRAINING),
+                         Stage("evaluate", self.TRAINING + ["sample", "eval"], lambda: video_eval.evaluate(
+                             run, load_role(self, run, dist), dist.device, bf16_of(run, dist)), "main")]
+
+
+class VideoPredictionKind(VideoKind):
+    """A frame-conditioned model (this run) compared with replacement, RePaint and reconstruction
+    guidance on a plain video model (predict.unconditional_run, trained by its recipe when missing)."""
+    name = "video_prediction"
+
+    def schema(self):
+        return {**super().schema(), "predict": prediction_eval.PredictConfig}
+
+    def check(self, sections):
+        super().check(sections)
+        if not VIDEO.conditioned(sections):
+            raise ConfigError("a video_prediction recipe trains a frame-conditioned model: set video.known_patterns "
+                              "(e.g. [\"prefix\", \"ends\"]) and model.extra_in_channels = data.channels + 1")
+
+    def roles(self, sections):
+        return ("conditioned", "plain")
+
+    def model(self, run_dir, sections, role, device=None, bf16=False):
+        if role == "conditioned":
+            return super().model(run_dir, sections, role, device, bf16)
+        plain_dir = Path(sections["predict"].unconditional_run)
+        return VIDEO_KIND.model(plain_dir, plain_sections(plain_dir, sections), role, device, bf16)
+
+    def stages(self, run, dist, resume):
+        def evaluate():
+            roles = ["conditioned"]
+            if {"replace", "repaint", "reconstruction"} & set(run["predict"].methods):
+                ensure_plain_video(run, dist, resume)
+                roles.append("plain")
+            models = {role: load_role(self, run, dist, role) for role in roles}
+            return prediction_eval.evaluate(run, models, dist.device, bf16_of(run, dist))
+        return self.train_stages(run, dist, resume) + [
+            Stage("evaluate", ["data", "model", "diffusion", "video", "train", "predict"], evaluate, "main")]
+
+
+def plain_sections(run_dir: Path, sections: dict) -> dict:
+    """The config of the plain video run a prediction run compares with; it must fit this run's clips."""
+    if not has_trained_model(run_dir):
+        raise ConfigError(f"predict.unconditional_run '{run_dir}' holds no trained model: train it first "
+                          f"(multidiff train {sections['predict'].unconditional_recipe or 'RECIPE'} --out {run_dir})")
+    theirs = load_run(run_dir, only_kind(VIDEO_KIND, f"predict.unconditional_run '{run_dir}'"))
+    diff = [k for k in ("frames", "size", "channels") if getattr(sections["data"], k) != getattr(theirs["data"], k)]
+    if theirs["recipe"].kind != "video" or VIDEO.conditioned(theirs) or diff:
+        raise ConfigError(f"predict.unconditional_run '{run_dir}' does not fit this recipe: it must be a plain video "
+                          "run on clips like this recipe's" + (f" (data.{', data.'.join(diff)} differ)" if diff else ""))
+    return theirs
+
+
+def ensure_plain_video(run: Run, dist: DistInfo, resume: bool) -> None:
+    """Train predict.unconditional_run by its recipe (prepare + train stages) when it holds no model yet."""
+    p = run["predict"]
+    run_dir = Path(p.unconditional_run)
+    if has_trained_model(run_dir) or not p.unconditional_recipe:
+        return  # (without a recipe, plain_sections() says what to do)
+    file, sections = load_recipe(p.unconditional_recipe, [], only_kind(VIDEO_KIND, "predict.unconditional_recipe"))
+    if sections["recipe"].kind != "video" or VIDEO.conditioned(sections):
+        raise ConfigError(f"predict.unconditional_recipe '{file}' must be a plain video recipe (kind = \"video\", "
+                          "no video.known_patterns)")
+    run.log(f"[unconditional] training {file} into {run_dir} (its prepare and train stages)")
+    if dist.is_main:
+        save_resolved(run_dir, sections)
+    sub = Run(run_dir, sections, run.log, run.main)
+    VIDEO_KIND.check(sections)
+    run_stages(sub, VIDEO_KIND.train_stages(sub, dist, resume), dist)
+
+
+
+VIDEO_KIND = VideoKind()

@@ -1,1 +1,0 @@
-"""Recipe pipelines: idempotent stages (prepare, train, sample, evaluate) per recipe kind."""
