@@ -189,9 +189,11 @@ def test_batch_loss_equals_the_old_one_with_the_same_draws(prediction, weighting
 
 # ---- the objective API ------------------------------------------------------------------------------------
 def test_registry_and_config_select_the_objective():
-    assert PREDICTIONS == tuple(OBJECTIVES) == ("eps", "x0", "v")
-    for name, cls in OBJECTIVES.items():
-        assert cls.name == name and issubclass(cls, VPObjective)
+    assert PREDICTIONS == ("eps", "x0", "v") and tuple(OBJECTIVES) == PREDICTIONS + ("flow", "edm")
+    assert all(OBJECTIVES[n].name == n for n in OBJECTIVES)
+    for name in PREDICTIONS:
+        cls = OBJECTIVES[name]
+        assert issubclass(cls, VPObjective)
         obj = DiffusionConfig(prediction=name, weighting="min_snr", min_snr_gamma=2.0, loss_type="l1").build_objective()
         assert type(obj) is cls and obj.weighting == "min_snr" and obj.min_snr_gamma == 2.0 and obj.loss_type == "l1"
         assert obj.schedule.T == 1000

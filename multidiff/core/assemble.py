@@ -29,7 +29,9 @@ def sample(den: Denoiser, noise: torch.Tensor, sampler: str = "ddim", steps: int
 
     sampler:   ddpm | ddim | euler | euler_ancestral | heun | dpmpp_2m
     levels:    `steps` with `spacing` (leading | trailing | linspace | karras), or explicit
-               descending `timesteps` and/or `sigmas` (both: paired, e.g. DiffWave fast sampling)
+               descending `timesteps` and/or `sigmas` (both: paired, e.g. DiffWave fast sampling);
+               den.schedule makes them (flow / EDM: karras over [sigma_min, sigma_max], the other
+               spacings uniform in the objective's own time; see schedule.ContinuousSchedule)
     eta:       ddim's (default 0) or euler_ancestral's (default 1) noise scale
     variance:  ddpm's step variance, 'beta' (sigma_t^2 = beta_t) or 'posterior'
     clip_x0:   clamp every clean estimate to [-clip_x0, clip_x0]
@@ -57,7 +59,7 @@ def sample(den: Denoiser, noise: torch.Tensor, sampler: str = "ddim", steps: int
     if guidance_scale != 1.0:
         if uncond is None or not cond:
             raise ValueError("classifier-free guidance (guidance_scale != 1) needs both `cond` and `uncond`")
-        den = Denoiser(GuidedModel(den.model, guidance_scale, uncond), den.schedule, den.prediction, den.clip_x0)
+        den = den.with_model(GuidedModel(den.model, guidance_scale, uncond))
     levels = den.schedule.levels(steps, spacing, timesteps=timesteps, sigmas=sigmas, rho=rho)
     if noise_color is not None:
         noise = noise_color(noise)

@@ -82,6 +82,13 @@ def _alpha_sigma(abar):
     return math.sqrt(float(abar)), math.sqrt(1 - float(abar))
 
 
+def _ve_sigma(alpha, sigma):
+    """sigma / alpha, inf at pure noise (alpha = 0)."""
+    if isinstance(alpha, torch.Tensor):
+        return sigma / alpha  # tensor division gives inf there
+    return sigma / alpha if alpha > 0 else math.inf
+
+
 class _Differentiable(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
@@ -109,17 +116,17 @@ class ReconstructionGuided(Denoiser):
     (w alpha / 2) grad_z = (w / 2) grad_x. One backward pass per model call, so a step costs ~3 forwards."""
 
     def __init__(self, den: Denoiser, mask: torch.Tensor, known: torch.Tensor, weight: float):
-        super().__init__(den.model, den.schedule, den.prediction, den.clip_x0)
+        super().__init__(den.model, objective=den.objective, clip_x0=den.clip_x0)
         if not weight > 0:
             raise ValueError(f"reconstruction guidance weight must be > 0, got {weight}")
         self.mask, self.known, self.weight = mask, known, float(weight)
         # unclamped (clamping before the gradient would zero it where x0 is clamped), and checked:
         # a net that runs under no_grad would leave only x0's identity path in z, a silent no-op
-        self._plain = Denoiser(_Differentiable(den.model), den.schedule, den.prediction)
+        self._plain = Denoiser.of(_Differentiable(den.model), den.objective)
 
     def with_clip(self, clip_x0):
-        return ReconstructionGuided(Denoiser(self.model, self.schedule, self.prediction, clip_x0),
-                                    self.mask, self.known, self.weight)
+        return ReconstructionGuided(Denoiser.of(self.model, self.objective, clip_x0), self.mask, self.known,
+                                    self.weight)
 
     def _guided(self, x: torch.Tensor, estimate, scale) -> torch.Tensor:
         """x0 = estimate(x) moved by -scale * grad_x ||m (known - x0(x))||^2 where mask = 0, then clamped."""
@@ -149,7 +156,7 @@ class ProjectedEstimate(Denoiser):
     gets the VE noise level sigma (a float or [B]) and may leave early, noisy estimates alone."""
 
     def __init__(self, den: Denoiser, project):
-        super().__init__(den.model, den.schedule, den.prediction, den.clip_x0)
+        super().__init__(den.model, objective=den.objective, clip_x0=den.clip_x0)
         self.inner, self.project = den, project
 
     def with_clip(self, clip_x0):
@@ -157,7 +164,7 @@ class ProjectedEstimate(Denoiser):
 
     def vp(self, x_vp, t, abar, **cond):
         alpha, sigma = _alpha_sigma(abar)
-        x0 = self.project(self.inner.vp(x_vp, t, abar, **cond).x0, sigma / alpha)
+        x0 = self.project(self.inner.vp(x_vp, t, abar, **cond).x0, _ve_sigma(alpha, sigma))
         return Estimate(x0, (x_vp - bcast(alpha, x_vp) * x0) / bcast(sigma, x_vp))
 
     def __call__(self, x, sigma, t=None, **cond):

@@ -9,6 +9,12 @@ one forward process are used throughout:
 so x_VE = x_VP / sqrt(abar) and abar = 1 / (1 + sigma^2). Fractional training
 timesteps are defined by linear interpolation of log(sigma) between integer
 steps, which is what k-diffusion and diffusers' Karras path do.
+
+The continuous-time objectives have level maps of their own with the same interface
+(sigma_at / t_at / alpha_bar_at / levels): FlowSchedule (flow matching, x_t = (1 - t) x0 + t eps
+is the VE path at sigma = t / (1 - t), scaled) and EDMSchedule. Every one of them turns sigma into
+the network's noise input on the same [0, T - 1] scale, so samplers and networks need not know
+which objective a model was trained with.
 """
 from __future__ import annotations
 
@@ -213,9 +219,7 @@ class Schedule:
         self._check_steps(steps, allow_beyond_T=True)
         smin = float(self.sigmas[0]) if sigma_min is None else sigma_min
         smax = self._finite_sigma_max() if sigma_max is None else sigma_max
-        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-        lo, hi = smin ** (1 / rho), smax ** (1 / rho)
-        return (hi + ramp * (lo - hi)) ** rho
+        return karras_sigmas(steps, smin, smax, rho)
 
     def levels(self, steps: int | None = None, spacing: str = "leading", *, timesteps=None, sigmas=None,
                rho: float = 7.0) -> Levels:
@@ -223,23 +227,7 @@ class Schedule:
         explicit training `timesteps`, explicit `sigmas`, or both paired (e.g. DiffWave's
         inference schedule with its aligned fractional timesteps)."""
         if timesteps is not None or sigmas is not None:
-            if timesteps is not None:
-                ts = _f64(timesteps).reshape(-1)
-                if sigmas is None:
-                    sig = self.sigma_at(ts)
-                if bool((ts[1:] > ts[:-1]).any()):
-                    raise ValueError("explicit timesteps must be descending (noisiest first)")
-            if sigmas is not None:
-                sig = _f64(sigmas).reshape(-1)
-                if len(sig) and float(sig[-1]) == 0.0:
-                    sig = sig[:-1]
-                if bool((sig <= 0).any()):
-                    raise ValueError("explicit sigmas must be positive (a final 0 is added for you)")
-                if timesteps is None:
-                    ts = self.t_at(sig)
-                elif len(ts) != len(sig):
-                    raise ValueError(f"paired timesteps ({len(ts)}) and sigmas ({len(sig)}) differ in length")
-            return Levels(torch.cat([sig, sig.new_zeros(1)]), ts)
+            return explicit_levels(self, timesteps, sigmas)
         if steps is None:
             raise ValueError("give `steps` (with a spacing), or explicit `timesteps` / `sigmas`")
         if spacing == "karras":
@@ -275,6 +263,173 @@ class Schedule:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         if steps > self.T and not allow_beyond_T:
             raise ValueError(f"steps={steps} exceeds the schedule's T={self.T} training timesteps")
+
+
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022 eq. 5: [steps] sigmas uniform in sigma^(1/rho) from sigma_max down to sigma_min."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def explicit_levels(sched, timesteps=None, sigmas=None) -> Levels:
+    """Levels from explicit network noise inputs (`timesteps`), `sigmas`, or both paired; the
+    schedule converts one into the other (sigma_at / t_at)."""
+    if timesteps is not None:
+        ts = _f64(timesteps).reshape(-1)
+        if sigmas is None:
+            sig = sched.sigma_at(ts)
+        if bool((ts[1:] > ts[:-1]).any()):
+            raise ValueError("explicit timesteps must be descending (noisiest first)")
+    if sigmas is not None:
+        sig = _f64(sigmas).reshape(-1)
+        if len(sig) and float(sig[-1]) == 0.0:
+            sig = sig[:-1]
+        if bool((sig <= 0).any()):
+            raise ValueError("explicit sigmas must be positive (a final 0 is added for you)")
+        if timesteps is None:
+            ts = sched.t_at(sig)
+        elif len(ts) != len(sig):
+            raise ValueError(f"paired timesteps ({len(ts)}) and sigmas ({len(sig)}) differ in length")
+    return Levels(torch.cat([sig, sig.new_zeros(1)]), ts)
+
+
+class ContinuousSchedule:
+    """The noise levels of a continuous-time objective (flow matching, EDM): sigma in (0, inf] and
+    the network's noise input c_noise = t_at(sigma).
+
+    c_noise is put on the scale of a discrete schedule's timesteps, [0, T - 1] with T = [diffusion]
+    timesteps, so every network takes it unchanged: the sinusoidal embeddings of the U-Nets and the
+    3D U-Net, and DiffWave's step table (interpolated between its T rows). Only the objective's own
+    map from sigma to c_noise differs (FlowSchedule, EDMSchedule).
+
+    Spacings for `levels(steps, spacing)`: 'karras' is Karras et al.'s rho-ramp over
+    [sigma_min, sigma_max]; 'leading', 'trailing' and 'linspace' all mean `steps` levels uniform in
+    the objective's own time variable (continuous time has no off-by-one to choose), highest first.
+    """
+
+    zero_terminal_snr = False
+
+    def __init__(self, T: int = 1000, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        if not isinstance(T, int) or isinstance(T, bool) or T < 2:
+            raise ValueError(f"T (the network's noise input spans [0, T - 1]) must be an integer >= 2, got {T!r}")
+        if not 0 < sigma_min < sigma_max < math.inf:
+            raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        self.T, self.sigma_min, self.sigma_max = T, float(sigma_min), float(sigma_max)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(T={self.T}, sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+
+    # ---- what a subclass defines -----------------------------------------------------------
+    def sigma_at(self, t) -> torch.Tensor:
+        """VE sigma at network noise inputs t in [0, T - 1]."""
+        raise NotImplementedError
+
+    def t_at(self, sigma) -> torch.Tensor:
+        """The network noise input at VE sigma (clamped to [0, T - 1])."""
+        raise NotImplementedError
+
+    def uniform_levels(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigmas [steps], ts [steps]) uniform in the objective's own time, highest first."""
+        raise NotImplementedError
+
+    # ---- shared ----------------------------------------------------------------------------
+    def alpha_bar_at(self, t) -> torch.Tensor:
+        return 1.0 / (1.0 + self.sigma_at(t) ** 2)
+
+    def snr(self, t) -> torch.Tensor:
+        return self.sigma_at(t) ** -2
+
+    def karras_sigmas(self, steps: int, rho: float = 7.0, sigma_min: float | None = None,
+                      sigma_max: float | None = None) -> torch.Tensor:
+        _check_steps(steps)
+        return karras_sigmas(steps, self.sigma_min if sigma_min is None else sigma_min,
+                             self.sigma_max if sigma_max is None else sigma_max, rho)
+
+    def levels(self, steps: int | None = None, spacing: str = "leading", *, timesteps=None, sigmas=None,
+               rho: float = 7.0) -> Levels:
+        """As Schedule.levels; see the class docstring for what the spacings mean here."""
+        if timesteps is not None or sigmas is not None:
+            return explicit_levels(self, timesteps, sigmas)
+        if steps is None:
+            raise ValueError("give `steps` (with a spacing), or explicit `timesteps` / `sigmas`")
+        if spacing not in SPACINGS:
+            raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+        _check_steps(steps)
+        if spacing == "karras":
+            sig = self.karras_sigmas(steps, rho=rho)
+            ts = self.t_at(sig)
+        else:
+            sig, ts = self.uniform_levels(steps)
+        return Levels(torch.cat([sig, sig.new_zeros(1)]), ts)
+
+    def _check_t(self, t) -> torch.Tensor:
+        t = _f64(t)
+        if bool(((t < 0) | (t > self.T - 1)).any()):
+            raise ValueError(f"noise inputs must lie in [0, {self.T - 1}], got min {t.min().item()} "
+                             f"max {t.max().item()}")
+        return t
+
+
+class FlowSchedule(ContinuousSchedule):
+    """Rectified flow / flow matching: x_t = (1 - t) x0 + t eps, t in [0, 1] (t = 1 is pure noise).
+    The same Gaussian path as VE x = x0 + sigma eps with sigma = t / (1 - t), scaled by 1 - t.
+    Network noise input c_noise = t (T - 1); uniform levels are t = 1, 1 - 1/N, ..., 1/N."""
+
+    zero_terminal_snr = True  # its top level t = 1 is pure noise (sigma = inf)
+
+    def time(self, sigma) -> torch.Tensor:
+        """Flow time t = sigma / (1 + sigma) (1 at sigma = inf)."""
+        s = _f64(sigma)
+        if bool((s < 0).any()):
+            raise ValueError("sigma must be >= 0")
+        return torch.where(torch.isinf(s), torch.ones_like(s), s / (1 + s))
+
+    def sigma_at(self, t) -> torch.Tensor:
+        u = self._check_t(t) / (self.T - 1)
+        return u / (1 - u)  # inf at u = 1
+
+    def alpha_bar_at(self, t) -> torch.Tensor:
+        u = self._check_t(t) / (self.T - 1)
+        return (1 - u) ** 2 / ((1 - u) ** 2 + u**2)  # finite at u = 1 (0: pure noise)
+
+    def t_at(self, sigma) -> torch.Tensor:
+        return self.time(sigma) * (self.T - 1)
+
+    def uniform_levels(self, steps):
+        u = 1 - torch.arange(steps, dtype=torch.float64) / steps
+        return u / (1 - u), u * (self.T - 1)
+
+
+class EDMSchedule(ContinuousSchedule):
+    """EDM (Karras et al. 2022): sigma in [sigma_min, sigma_max]. The paper's network input is
+    c_noise = ln(sigma) / 4; here the same log-sigma is mapped affinely so [sigma_min, sigma_max]
+    covers [0, T - 1] (an affine map of the input is absorbed by a learned embedding; levels outside
+    the range clamp to its ends). Uniform levels are uniform in log sigma."""
+
+    @property
+    def _log_range(self) -> tuple[float, float]:
+        return math.log(self.sigma_min), math.log(self.sigma_max)
+
+    def sigma_at(self, t) -> torch.Tensor:
+        lo, hi = self._log_range
+        return (lo + self._check_t(t) / (self.T - 1) * (hi - lo)).exp()
+
+    def t_at(self, sigma) -> torch.Tensor:
+        lo, hi = self._log_range
+        s = _f64(sigma)
+        if bool((s < 0).any()):
+            raise ValueError("sigma must be >= 0")
+        return ((s.log() - lo) / (hi - lo) * (self.T - 1)).clamp(0, self.T - 1)
+
+    def uniform_levels(self, steps):
+        ts = torch.linspace(self.T - 1, 0, steps, dtype=torch.float64)
+        return self.sigma_at(ts), ts
+
+
+def _check_steps(steps) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
 
 
 # name -> constructor (T, **options); the names [diffusion] schedule accepts

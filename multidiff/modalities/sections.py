@@ -1,41 +1,95 @@
 """The [diffusion] and [sample] sections every recipe shares, and the training loss of one batch."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
-from ..core.objectives import LOSS_TYPES, OBJECTIVES, WEIGHTINGS, Objective, build_objective
+from ..core.denoiser import Denoiser
+from ..core.objectives import LOSS_TYPES, PREDICTIONS, T_SAMPLINGS, WEIGHTINGS, Objective, build_objective
 from ..core.samplers import SAMPLERS
-from ..core.schedule import SCHEDULES, SPACINGS, Schedule
+from ..core.schedule import SCHEDULES, SPACINGS, EDMSchedule, FlowSchedule, Schedule
+from ..utils import added_key
+
+DIFFUSION_OBJECTIVES = ("vp", "flow", "edm")
+# the keys that mean something for one objective only (others must stay at their defaults)
+OBJECTIVE_KEYS = {"vp": ("schedule", "beta_start", "beta_end", "zero_terminal_snr", "prediction"),
+                  "flow": ("t_sampling", "logit_mean", "logit_std"),
+                  "edm": ("sigma_data", "p_mean", "p_std"),
+                  "flow/edm": ("sigma_min", "sigma_max")}
 
 
 @dataclass
 class DiffusionConfig:
-    schedule: str = "linear"        # linear | cosine | scaled_linear | sigmoid
-    timesteps: int = 1000
-    beta_start: float = 1e-4        # linear / scaled_linear only
+    """The [diffusion] section: the training objective and its noise levels. `objective` picks the
+    family (core/objectives.py): vp = discrete-time DDPM over `schedule`, predicting `prediction`;
+    flow = flow matching (x_t = (1 - t) x0 + t eps, velocity target); edm = Karras et al.'s
+    preconditioned VE. Every network takes its noise input on the scale [0, timesteps - 1]."""
+    schedule: str = "linear"        # vp: linear | cosine | scaled_linear | sigmoid
+    timesteps: int = 1000           # vp: the T training steps; flow / edm: the network's noise input spans [0, T - 1]
+    beta_start: float = 1e-4        # vp, linear / scaled_linear only
     beta_end: float = 0.02
-    zero_terminal_snr: bool = False
-    prediction: str = "eps"         # eps | x0 | v: the training objective (core/objectives.py)
-    weighting: str = "uniform"      # uniform | min_snr
+    zero_terminal_snr: bool = False  # vp
+    prediction: str = "eps"         # vp: eps | x0 | v
+    weighting: str = "uniform"      # uniform | min_snr (min(SNR, gamma) in x0 space, every objective)
     min_snr_gamma: float = 5.0
     loss_type: str = "l2"           # l2 | l1
+    objective: str = added_key("vp")        # vp | flow | edm
+    t_sampling: str = added_key("uniform")  # flow: uniform | logit_normal (t = sigmoid(logit_mean + logit_std z), SD3)
+    logit_mean: float = added_key(0.0)
+    logit_std: float = added_key(1.0)
+    sigma_data: float = added_key(0.5)      # edm: the data's standard deviation in the preconditioning
+    p_mean: float = added_key(-1.2)         # edm: training levels ln sigma ~ N(p_mean, p_std^2)
+    p_std: float = added_key(1.2)
+    sigma_min: float = added_key(0.002)     # flow / edm: the range of 'karras' sampling levels (edm: and of c_noise)
+    sigma_max: float = added_key(80.0)
 
     def __post_init__(self):
-        for name, allowed in (("schedule", tuple(SCHEDULES)), ("prediction", tuple(OBJECTIVES)),
-                              ("weighting", WEIGHTINGS), ("loss_type", LOSS_TYPES)):
+        for name, allowed in (("objective", DIFFUSION_OBJECTIVES), ("schedule", tuple(SCHEDULES)),
+                              ("prediction", PREDICTIONS), ("weighting", WEIGHTINGS), ("loss_type", LOSS_TYPES),
+                              ("t_sampling", T_SAMPLINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"diffusion.{name} = {getattr(self, name)!r} is not one of {allowed}")
+        for name in ("logit_std", "sigma_data", "p_std", "sigma_min"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"diffusion.{name} = {getattr(self, name)!r} must be > 0")
+        if not self.sigma_max > self.sigma_min:
+            raise ValueError(f"diffusion.sigma_max = {self.sigma_max!r} must exceed diffusion.sigma_min = "
+                             f"{self.sigma_min!r}")
+        defaults = {f.name: f.default for f in fields(self)}
+        for owner, keys in OBJECTIVE_KEYS.items():
+            if self.objective in owner.split("/"):
+                continue
+            for key in keys:
+                if getattr(self, key) != defaults[key]:
+                    raise ValueError(f"diffusion.{key} = {getattr(self, key)!r} applies to objective "
+                                     f"{' or '.join(map(repr, owner.split('/')))}, not to diffusion.objective = "
+                                     f"{self.objective!r}; remove it (or change the objective)")
 
-    def build_schedule(self) -> Schedule:
+    def build_schedule(self) -> Schedule | FlowSchedule | EDMSchedule:
+        """The noise levels: a VP Schedule, or the flow / EDM level map."""
+        if self.objective == "flow":
+            return FlowSchedule(self.timesteps, self.sigma_min, self.sigma_max)
+        if self.objective == "edm":
+            return EDMSchedule(self.timesteps, self.sigma_min, self.sigma_max)
         return Schedule.named(self.schedule, self.timesteps, beta_start=self.beta_start, beta_end=self.beta_end,
                               zero_terminal_snr=self.zero_terminal_snr)
 
-    def build_objective(self, sched: Schedule | None = None) -> Objective:
+    def build_objective(self, sched=None) -> Objective:
         """The training objective over `sched` (default: this section's schedule)."""
-        return build_objective(sched if sched is not None else self.build_schedule(), self.prediction,
-                               self.weighting, min_snr_gamma=self.min_snr_gamma, loss_type=self.loss_type)
+        sched = sched if sched is not None else self.build_schedule()
+        common = dict(min_snr_gamma=self.min_snr_gamma, loss_type=self.loss_type)
+        if self.objective == "flow":
+            return build_objective(sched, "flow", self.weighting, t_sampling=self.t_sampling,
+                                   logit_mean=self.logit_mean, logit_std=self.logit_std, **common)
+        if self.objective == "edm":
+            return build_objective(sched, "edm", self.weighting, sigma_data=self.sigma_data, p_mean=self.p_mean,
+                                   p_std=self.p_std, **common)
+        return build_objective(sched, self.prediction, self.weighting, **common)
+
+    def build_denoiser(self, model, clip_x0: float | None = None) -> Denoiser:
+        """`model(x_in, c_noise, **cond)` as the samplers' view, for any objective."""
+        return Denoiser.of(model, self.build_objective(), clip_x0)
 
 
 @dataclass
