@@ -1,4 +1,4 @@
-"""Small helpers shared by every modality: atomic file writes, JSON files."""
+"""Small helpers shared by every modality: atomic file writes, JSON files, .npy files read safely."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +7,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+NPY_MAGIC = b"\x93NUMPY"
 
 
 @contextlib.contextmanager
@@ -44,6 +50,29 @@ def write_text(path, text: str) -> None:
 
 def read_json(path):
     return json.loads(Path(path).read_text())
+
+
+def read_npy(path, what: str = "array") -> np.ndarray:
+    """A numeric array from a NumPy .npy file, never unpickled. Anything else -- a text file renamed
+    .npy, an empty or cut-off file, an array of Python objects -- is one UserError naming the file
+    (numpy's own message would suggest loading it "unsafely", which a user's file never is)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{what} '{p}' not found: check the path")
+    with open(p, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    fix = "save a numeric array with numpy.save"
+    if head != NPY_MAGIC:
+        raise UserError(f"{what} '{p}' is not a NumPy .npy file ({'it is empty' if not head else 'no .npy header'}): "
+                        f"{fix}")
+    try:
+        a = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise UserError(f"{what} '{p}' cannot be read as a numeric array (cut off, damaged, or holding Python "
+                        f"objects): {fix}") from None
+    if a.dtype.kind not in "biuf":
+        raise UserError(f"{what} '{p}' holds {a.dtype} values, not numbers: {fix}")
+    return a.astype(a.dtype.newbyteorder("="), copy=False)  # torch takes native byte order only
 
 
 ADDED_KEY = "identity_omits_default"

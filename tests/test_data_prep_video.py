@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # data_prep/ lives
 from data_prep import moving_digits, ucf101  # noqa: E402
 from multidiff.data.image import ImageData, build_image_dataset  # noqa: E402
 from multidiff.data.video import VideoData, VideoDataError, build_video_dataset, read_video  # noqa: E402
-from test_video_data import UCF_CLASSES, make_fake_ucf101  # noqa: E402
+from helpers.fake_data import UCF_CLASSES, make_fake_ucf101  # noqa: E402
 
 SMALL = ["--n", "10", "--n-test", "4", "--frames", "8", "--size", "32"]
 

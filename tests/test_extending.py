@@ -2,7 +2,6 @@
 trains, samples and fills gaps through the real CLI, named by its recipe alone: nothing in multidiff/
 knows it. docs/extending.md walks through the same file."""
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,7 +88,7 @@ def test_sample_and_inpaint_commands_serve_it(sines_run, tmp_path):
         for i, x in enumerate(real):
             np.save(tmp_path / "signal.npy", x)
             cli("inpaint", run, "--input", tmp_path / "signal.npy", "--gap", "20:36", "--method", method, "--steps", 20,
-                "--seed", i, "--out", tmp_path / "filled.npy")
+                "--seed", i, "--out", tmp_path / "filled.npy", "--overwrite")  # the previous signal's fill
             out = np.load(tmp_path / "filled.npy")
             assert np.array_equal(out[keep], x[keep]) and not np.array_equal(out[gap], x[gap])
             errors.append(rms(out[gap] - x[gap]))

@@ -3,7 +3,6 @@ import hashlib
 import io
 import os
 import pickle
-import struct
 import warnings
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from helpers.fake_data import Py2Pickler, write_fake_cifar10
 from multidiff.data.image import (ImageData, ImageDataError, build_image_dataset, load_image, random_hflip,
                                   save_image_grid)
 
@@ -296,43 +296,6 @@ def test_folder_empty_and_missing(tmp_path):
 
 # ---------------------------------------------------------------------------------------- cifar10
 
-class _Py2Pickler(pickle._Pickler):
-    """Writes what Python 2's cPickle wrote for the official batches: protocol 2, every str (and
-    bytes) as a (SHORT_)BINSTRING, which Python 3 reads back as bytes with encoding="bytes"."""
-
-    def save_py2_str(self, obj):
-        b = obj.encode("latin1") if isinstance(obj, str) else obj
-        self.write(pickle.SHORT_BINSTRING + bytes([len(b)]) if len(b) < 256
-                   else pickle.BINSTRING + struct.pack("<i", len(b)))
-        self.write(b)
-        self.memoize(obj)
-
-    dispatch = dict(pickle._Pickler.dispatch)
-    dispatch[str] = save_py2_str
-    dispatch[bytes] = save_py2_str
-
-
-def write_fake_cifar10(root, n_per_batch: int = 10, seed: int = 0) -> Path:
-    """A tiny CIFAR-10 in the real layout: <root>/cifar-10-batches-py/{data_batch_1..5, test_batch,
-    batches.meta}, the same dict keys and dtypes (uint8 data [N, 3072] channel-planar, int labels)."""
-    d = Path(root) / "cifar-10-batches-py"
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
-    for name in names:
-        batch = {"batch_label": f"{name} (fake)",
-                 "labels": [int(v) for v in rng.integers(0, 10, n_per_batch)],
-                 "data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 "filenames": [f"img_{i}.png" for i in range(n_per_batch)]}
-        with open(d / name, "wb") as f:
-            _Py2Pickler(f, protocol=2).dump(batch)
-    meta = {"num_cases_per_batch": n_per_batch, "num_vis": 3072,
-            "label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
-    with open(d / "batches.meta", "wb") as f:
-        _Py2Pickler(f, protocol=2).dump(meta)
-    return d
-
-
 def read_batch(path):
     with open(path, "rb") as f:
         return pickle.load(f, encoding="bytes")
@@ -396,7 +359,7 @@ def test_cifar10_corrupt_batch_named(tmp_path):
     with pytest.raises(ImageDataError, match=r"cannot read CIFAR-10 file '.*data_batch_3'.*Re-download"):
         cifar(tmp_path)
     with open(d / "test_batch", "wb") as f:
-        _Py2Pickler(f, protocol=2).dump({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]})
+        Py2Pickler(f, protocol=2).dump({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]})
     with pytest.raises(ImageDataError, match=r"'.*test_batch' does not hold uint8 data \[N, 3072\]"):
         cifar(tmp_path, "test")
     (d / "data_batch_3").unlink()

@@ -9,7 +9,7 @@ from PIL import Image
 from multidiff.cli import main
 from multidiff.data.image import ImageData, build_image_dataset, save_image_grid
 
-from test_image_data import write_fake_cifar10
+from helpers.fake_data import write_fake_cifar10
 
 ROOT = Path(__file__).parent.parent
 TINY = ["model.base_channels=16", "model.norm_groups=8", "model.channel_mult=[1, 2]", "model.num_res_blocks=1",

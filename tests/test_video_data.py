@@ -2,7 +2,6 @@
 folder / UCF-101 / npy layouts, bad files (raise and skip), the decode cache, clip starts, grids."""
 import os
 import warnings
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -11,12 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.fake_data import UCF_CLASSES, make_fake_ucf101, write_avi
 from multidiff.data import video, video_read
 from multidiff.data.image import pil_to_tensor
 from multidiff.data.video import (VideoData, VideoDataError, build_video_dataset, read_video, save_video_grid,
                                   write_gif, write_video)
-
-UCF_CLASSES = ("ApplyEyeMakeup", "Basketball", "HandstandPushups")
 
 
 def levels_clip(t=12, h=20, w=28, c=1, step=18):
@@ -41,17 +39,6 @@ def pattern_clip(c=3, t=8, h=33, w=47, seed=0):
     return (0.8 * torch.sin(2 * xx + yy + tt + phase)).float()
 
 
-def write_avi(path, frames: np.ndarray, fps=8):
-    """uint8 [T, H, W, 3] -> AVI (MPEG-4 part 2), straight through PyAV (independent of write_video)."""
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("mpeg4", rate=Fraction(fps))
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        s.codec_context.bit_rate = 2_000_000
-        for f in frames:
-            out.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
-        out.mux(s.encode())
-
-
 def write_zero_frame_avi(path):
     """An AVI whose video stream has no frames (only audio packets)."""
     with av.open(str(path), "w") as out:
@@ -64,33 +51,6 @@ def write_zero_frame_avi(path):
             fr.pts = i * 1024
             out.mux(a.encode(fr))
         out.mux(a.encode())
-
-
-def make_fake_ucf101(root, per_class=3, frames=10, size=(32, 24)):
-    """UCF-101's real layout in miniature: UCF-101/<Class>/v_<Class>_gXX_c01.avi, ucfTrainTestlist/ with
-    classInd and 3 splits (split k tests group k). HandstandPushups keeps the archive's quirk: its
-    files are named v_HandStandPushups_...; returns {relative path: label}."""
-    root = Path(root)
-    lists = root / "ucfTrainTestlist"
-    lists.mkdir(parents=True)
-    (lists / "classInd.txt").write_text("".join(f"{i + 1} {c}\r\n" for i, c in enumerate(UCF_CLASSES)))
-    rng = np.random.default_rng(0)
-    files = {}
-    for y, c in enumerate(UCF_CLASSES):
-        (root / "UCF-101" / c).mkdir(parents=True)
-        stem = "HandStandPushups" if c == "HandstandPushups" else c
-        for g in range(1, per_class + 1):
-            rel = f"{c}/v_{stem}_g{g:02d}_c01.avi"
-            base = rng.integers(0, 200, size=(1, size[1], size[0], 3))
-            clip = (base + 5 * np.arange(frames).reshape(-1, 1, 1, 1)).clip(0, 255).astype(np.uint8)
-            write_avi(root / "UCF-101" / rel, clip)
-            files[rel] = y
-    for k in (1, 2, 3):
-        train = [f"{rel} {y + 1}\r\n" for rel, y in files.items() if f"_g{k:02d}_" not in rel]
-        test = [f"{rel}\r\n" for rel in files if f"_g{k:02d}_" in rel]
-        (lists / f"trainlist0{k}.txt").write_text("".join(train))
-        (lists / f"testlist0{k}.txt").write_text("".join(test))
-    return files
 
 
 @pytest.fixture

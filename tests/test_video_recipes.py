@@ -162,7 +162,7 @@ def test_ucf101_recipe_smoke_on_the_real_layout(tmp_path):
     """The paper-sized config, shrunk by overrides, on UCF-101's real folder and list layout in miniature:
     prepare validates it and writes the split lists, then a class-conditional model with joint
     image-video frames trains and is evaluated (motion metrics; no digit classifier for real video)."""
-    from test_video_data import UCF_CLASSES, make_fake_ucf101
+    from helpers.fake_data import UCF_CLASSES, make_fake_ucf101
 
     make_fake_ucf101(tmp_path / "ucf")
     run = tmp_path / "run"

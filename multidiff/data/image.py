@@ -327,6 +327,18 @@ def load_image(path, size: int, channels: int = 3) -> torch.Tensor:
                              f"Give a {', '.join(IMAGE_EXTENSIONS)} image file") from None
 
 
+def picture_size(path) -> tuple[int, int] | None:
+    """(width, height) of an image file as shown (EXIF rotation applied), read from its header only;
+    None when it cannot be read (the reader that loads it then names the problem)."""
+    try:
+        with Image.open(Path(path).expanduser(), formats=PIL_FORMATS) as im:
+            w, h = im.size
+            turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # Orientation: a quarter turn swaps the sides
+    except Exception:
+        return None
+    return (h, w) if turned else (w, h)
+
+
 # ---------------------------------------------------------------------------------------- batches
 
 def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -18,10 +18,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..errors import UserError
+
 STEP_DIR = re.compile(r"^step_(\d{7})$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     pass
 
 

@@ -13,10 +13,11 @@ import types
 import typing
 from pathlib import Path
 
+from ..errors import UserError
 from ..utils import ADDED_KEY
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     pass
 
 
@@ -97,6 +98,9 @@ def read_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[Pat
         tables = tomllib.loads(file.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"'{file}' is not valid TOML: {e}") from None
+    if not tables:  # all defaults would silently train a 2,000-step digits model
+        raise ConfigError(f"'{file}' is empty: a recipe sets at least its [recipe] kind; start from one of "
+                          "recipes/*/config.toml")
     for ov in overrides:
         section, key, value = parse_override(ov)
         tables.setdefault(section, {})[key] = value

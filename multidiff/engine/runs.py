@@ -93,8 +93,24 @@ def load_recipe(path, overrides, schemas) -> tuple[Path, dict]:
     return file, sections
 
 
+# the sha256 of the config.toml multidiff wrote last, beside it: a hand edit since then shows
+CONFIG_RECORD = ".config.sha256"
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def save_resolved(run_dir: Path, sections: dict) -> None:
-    write_text(Path(run_dir) / "config.toml", to_toml(sections))
+    text = to_toml(sections)
+    write_text(Path(run_dir) / "config.toml", text)
+    write_text(Path(run_dir) / CONFIG_RECORD, text_hash(text) + "\n")
+
+
+def recorded_config_hash(run_dir) -> str | None:
+    """What save_resolved recorded of RUN/config.toml (None for runs made before the record existed)."""
+    record = Path(run_dir) / CONFIG_RECORD
+    return record.read_text().strip() if record.is_file() else None
 
 
 def _run_config(run_dir) -> Path:

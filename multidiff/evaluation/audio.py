@@ -115,7 +115,8 @@ def _untrained_like(trained: Trained) -> Trained:
     return Trained(AUDIO, trained.sections, fresh, trained.checkpoint)
 
 
-COLUMNS = {"method": "method", "log_mel_db": "log-mel distance (dB)", "mr_stft": "MR-STFT distance", "pesq_wb": "PESQ (wb)",
+COLUMNS = {"method": "method", "log_mel_db": "log-mel distance (dB)", "mr_stft": "MR-STFT distance",
+           "pesq_wb": "PESQ (wb)",
            "stoi": "STOI", "envelope": "envelope correlation", "pause_db": "level in pauses (dB)",
            "rtf": "real-time factor"}
 

@@ -20,12 +20,15 @@ import importlib
 
 from ..engine.config import ConfigError
 from ..engine.distributed import DistInfo
-from ..engine.runs import Run
+from ..engine.runs import Run, save_resolved
 from ..modalities.base import Modality
 from ..modalities.sections import SampleConfig
+from ..pipelines.train import archive_training
 from .audio import AudioKind
-from .base import TRAINING, Kind, ModelRef, Stage, StageSelection, bf16_of, load_role, sample_stage_for, train_stage, run_stages
+from .base import (TRAINING, Kind, ModelRef, Stage, StageSelection, bf16_of, load_role, run_stages, sample_stage_for,
+                   train_stage)
 from .images import AUTOENCODER_KIND, ImageInpaintingKind, ImageKind, LatentKind
+from .run_dir import check_run_dir, retrains
 from .video import VIDEO_KIND, VideoPredictionKind
 
 __all__ = ["KINDS", "Kind", "ModelRef", "Stage", "StageSelection", "kind_of", "run_recipe", "schema_of", "schemas"]
@@ -93,8 +96,21 @@ def kind_of(sections: dict) -> Kind:
     return KINDS[sections["recipe"].kind]
 
 
-def run_recipe(run: Run, dist: DistInfo, resume: bool, selection: StageSelection | None = None) -> None:
-    """The kind's stages in order, finished ones skipped, with the user's --stage / --force / --skip."""
-    kind = kind_of(run.sections)
+def run_recipe(run: Run, dist: DistInfo, resume: bool, selection: StageSelection | None = None,
+               overwrite_config: bool = False) -> None:
+    """The kind's stages in order, finished ones skipped, with the user's --stage / --force / --skip.
+    RUN/config.toml is written once every check passed, just before the first stage (kinds/run_dir.py:
+    a hand-edited one is replaced only with `overwrite_config`). Hold the run's lock around this."""
+    kind, sel = kind_of(run.sections), selection or StageSelection()
     kind.check(run.sections)
-    run_stages(run, kind.stages(run, dist, resume), dist, selection, f"a {kind.name} recipe")
+    replaces = run.main and check_run_dir(run.dir, kind, run.sections, schema_of, retrain=retrains(sel.force),
+                                          resume=resume, overwrite_config=overwrite_config)
+
+    def write_config():
+        if replaces and retrains(sel.force):  # the weights leave with the config they were trained with
+            kept = archive_training(run.dir)
+            if kept:
+                run.log(f"[train] --force: the previous training and its config.toml are kept in {kept}")
+        save_resolved(run.dir, run.sections)
+    run_stages(run, kind.stages(run, dist, resume), dist, sel, f"a {kind.name} recipe",
+               ready=write_config if run.main else None)

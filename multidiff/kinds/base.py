@@ -10,12 +10,14 @@ from ..engine.checkpoint import latest_checkpoint
 from ..engine.config import ConfigError
 from ..engine.distributed import DistInfo, barrier
 from ..engine.precision import resolve_precision
-from ..engine.runs import Run
+from ..engine.run_lock import run_lock
+from ..engine.runs import Run, load_recipe, save_resolved, section_hash
 from ..modalities.base import Modality, Trained, load_trained
 from ..modalities.image import IMAGE
 from ..pipelines.complete import CompletionSampling
 from ..pipelines.generate import sample_stage
 from ..pipelines.train import archive_training, train_model
+from .run_dir import check_run_dir
 
 TRAINING = ["data", "model", "diffusion", "train"]
 
@@ -68,6 +70,13 @@ class Kind:
         """Refuse a config whose parts do not fit, before any stage runs."""
         self.base.check(sections)
 
+    weights_keys: tuple[str, ...] = ()  # config keys besides the modality's fingerprint that change what is learned
+
+    def weights_identity(self, sections: dict) -> str:
+        """What a run's trained weights depend on in its config (not [train]: more steps resume the same weights);
+        a config that changes it no longer describes them (kinds/run_dir.py refuses to write it over them)."""
+        return f"{self.name}:{self.base.fingerprint(sections)}:{section_hash(sections, self.weights_keys)}"
+
     def stages(self, run: Run, dist: DistInfo, resume: bool) -> list[Stage]:
         raise NotImplementedError
 
@@ -115,6 +124,25 @@ def only_kind(kind: "Kind", what: str):
     return schema
 
 
+def train_first(run: Run, recipe, run_dir: Path, kind: "Kind", dist: DistInfo, resume: bool, what: str,
+                stages=None, check=None) -> None:
+    """Train another recipe of `kind` into `run_dir` first: a model this run needs that does not exist yet
+    (a latent run's autoencoder, a prediction run's plain model). `stages(run, dist, resume)` defaults to
+    all of the kind's; `check(sections)` may refuse the recipe."""
+    file, sections = load_recipe(recipe, [], only_kind(kind, what))
+    if check is not None:
+        check(file, sections)
+    kind.check(sections)
+    run.log(f"[{kind.name}] '{run_dir}' holds no trained model yet: training it with {file}")
+    with run_lock(run_dir, dist.is_main):
+        if dist.is_main:
+            check_run_dir(run_dir, kind, sections, only_kind(kind, what))
+        sub = Run(run_dir, sections, run.log, run.main)
+        run_stages(sub, (stages or kind.stages)(sub, dist, resume), dist,
+                   ready=(lambda: save_resolved(run_dir, sections)) if dist.is_main else None)
+    barrier(dist)
+
+
 def execute(run: Run, st: Stage, dist: DistInfo, force: bool) -> None:
     """One stage on the processes it runs on (its hash taken of st.run's sections, if it names one)."""
     if force and st.reset is not None and dist.is_main:
@@ -129,15 +157,17 @@ def execute(run: Run, st: Stage, dist: DistInfo, force: bool) -> None:
 
 
 def run_stages(run: Run, stages: list[Stage], dist: DistInfo, selection: StageSelection | None = None,
-               what: str = "this recipe") -> None:
-    """Stages in order, finished ones skipped, with the user's --stage / --force / --skip."""
+               what: str = "this recipe", ready: Callable[[], None] | None = None) -> None:
+    """Stages in order, finished ones skipped, with the user's --stage / --force / --skip. `ready()` runs
+    once the selection is known to be valid, before the first stage (`multidiff train` writes the run's
+    config.toml there: never for a command it then refuses)."""
     sel = selection or StageSelection()
     names = [st.name for st in stages]
     bad = [n for n in sel.only + sel.force + sel.skip if n not in names]
     if bad:
         raise ConfigError(f"{what} has no stage {', '.join(map(repr, bad))}; its stages are: {', '.join(names)}")
     last_wanted = max((names.index(n) for n in sel.only), default=len(names))
-    forcing = False
+    forcing, plan = False, []
     for i, st in enumerate(stages):
         if st.name in sel.skip or (sel.only and st.name not in sel.only):
             if sel.only and i < last_wanted and not (st.run or run).is_done(st.name, st.depends_on):
@@ -145,4 +175,8 @@ def run_stages(run: Run, stages: list[Stage], dist: DistInfo, selection: StageSe
                                   f"{' '.join(sel.only)} needs it: add --stage {st.name}, or leave out --stage")
             continue
         forcing = forcing or st.name in sel.force
-        execute(run, st, dist, force=forcing)
+        plan.append((st, forcing))
+    if ready is not None:
+        ready()
+    for st, force in plan:
+        execute(run, st, dist, force=force)

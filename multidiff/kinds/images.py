@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..engine.distributed import DistInfo, barrier
-from ..engine.runs import Run, load_recipe, save_resolved
+from ..engine.distributed import DistInfo
+from ..engine.runs import Run, save_resolved
 from ..evaluation import autoencoder as autoencoder_eval
 from ..evaluation import image as image_eval
 from ..evaluation import inpainting as inpainting_eval
@@ -16,7 +16,7 @@ from ..modalities.latent import LatentConfig, LatentModality
 from ..modalities.sections import SampleConfig
 from ..pipelines.train import archive_training, train_model
 from ..utils import read_json, write_json
-from .base import TRAINING, Kind, ModelRef, Stage, bf16_of, load_role, sample_stage_for, train_stage, only_kind, run_stages
+from .base import TRAINING, Kind, ModelRef, Stage, bf16_of, load_role, sample_stage_for, train_first, train_stage
 
 
 class ImageKind(Kind):
@@ -40,6 +40,7 @@ class ImageInpaintingKind(ImageKind):
     mask-conditioned model, trained on the same data into RUN/unconditional and RUN/conditioned."""
     name = "image_inpainting"
     SUBRUNS = {"plain": "unconditional", "conditioned": "conditioned"}
+    weights_keys = ("inpaint.train_masks",)
 
     def schema(self):
         return {**super().schema(), "inpaint": inpainting_eval.InpaintConfig}
@@ -83,6 +84,7 @@ class LatentKind(ImageKind):
     """The image pipeline on the latents of a trained autoencoder run ([latent] autoencoder); when that run
     does not exist yet and [latent] autoencoder_recipe names a recipe, it is trained first."""
     name = "latent"
+    weights_keys = ("latent.train_masks",)  # (which autoencoder: RUN/latent.json is checked against it)
 
     def schema(self):
         return {**super().schema(), "latent": LatentConfig}
@@ -123,7 +125,8 @@ class LatentKind(ImageKind):
         stages = [Stage("prepare", ["data"], lambda: IMAGE.prepare(run), "main+wait"),
                   Stage("train", deps, train, reset=lambda: archive_training(run.dir))]
         if not masks:  # a mask-conditioned model needs images to fill
-            stages += [sample_stage_for(self, run, dist, deps), Stage("evaluate", deps + ["sample", "eval"], evaluate, "main")]
+            stages += [sample_stage_for(self, run, dist, deps),
+                       Stage("evaluate", deps + ["sample", "eval"], evaluate, "main")]
         # stage hashes include the autoencoder's identity: a retrained autoencoder re-runs them
         ident = Run(run.dir, {**run.sections, "autoencoder": m.identity()}, run.log, run.main)
         return [dataclasses.replace(st, run=ident) for st in stages]
@@ -135,14 +138,7 @@ def ensure_autoencoder(run: Run, dist: DistInfo, resume: bool) -> None:
     ae_dir = Path(cfg.autoencoder)
     if (ae_dir / INFO_FILE).exists() or not cfg.autoencoder_recipe:
         return
-    file, sections = load_recipe(cfg.autoencoder_recipe, [], only_kind(AUTOENCODER_KIND, "latent.autoencoder_recipe"))
-    run.log(f"[autoencoder] '{ae_dir}' does not exist yet: training it with {file}")
-    if dist.is_main:
-        save_resolved(ae_dir, sections)
-    ae_run = Run(ae_dir, sections, run.log, run.main)
-    AUTOENCODER_KIND.check(sections)
-    run_stages(ae_run, AUTOENCODER_KIND.stages(ae_run, dist, resume), dist)
-    barrier(dist)
+    train_first(run, cfg.autoencoder_recipe, ae_dir, AUTOENCODER_KIND, dist, resume, "latent.autoencoder_recipe")
 
 
 class AutoencoderKind(Kind):

@@ -6,14 +6,15 @@ from pathlib import Path
 
 from ..engine.config import ConfigError
 from ..engine.distributed import DistInfo
-from ..engine.runs import Run, load_recipe, load_run, save_resolved
+from ..engine.runs import Run, load_run
 from ..evaluation import prediction as prediction_eval
 from ..evaluation import video as video_eval
 from ..modalities.autoencoder import load_autoencoder
 from ..modalities.latent import LatentModality
 from ..modalities.video import VIDEO, VideoSampleConfig
 from ..pipelines.train import archive_training, train_model
-from .base import Kind, ModelRef, Stage, bf16_of, has_trained_model, load_role, sample_stage_for, only_kind, run_stages
+from .base import (Kind, ModelRef, Stage, bf16_of, has_trained_model, load_role, only_kind, sample_stage_for,
+                   train_first)
 
 
 class VideoKind(Kind):
@@ -21,6 +22,7 @@ class VideoKind(Kind):
     base = VIDEO
     completion_section = "predict"
     TRAINING = ["data", "model", "diffusion", "video", "train", "latent"]
+    weights_keys = ("latent",)  # pixels or which autoencoder's latents
 
     def schema(self):
         return {**VIDEO.schema(), "sample": VideoSampleConfig, "eval": video_eval.VideoEvalConfig}
@@ -75,6 +77,9 @@ class VideoPredictionKind(VideoKind):
     def roles(self, sections):
         return ("conditioned", "plain")
 
+    def default_method(self, sections):
+        return "conditioned"  # this run's own model
+
     def model(self, run_dir, sections, role, device=None, bf16=False):
         if role == "conditioned":
             return super().model(run_dir, sections, role, device, bf16)
@@ -102,7 +107,8 @@ def plain_sections(run_dir: Path, sections: dict) -> dict:
     diff = [k for k in ("frames", "size", "channels") if getattr(sections["data"], k) != getattr(theirs["data"], k)]
     if theirs["recipe"].kind != "video" or VIDEO.conditioned(theirs) or diff:
         raise ConfigError(f"predict.unconditional_run '{run_dir}' does not fit this recipe: it must be a plain video "
-                          "run on clips like this recipe's" + (f" (data.{', data.'.join(diff)} differ)" if diff else ""))
+                          "run on clips like this recipe's"
+                          + (f" (data.{', data.'.join(diff)} differ)" if diff else ""))
     return theirs
 
 
@@ -112,16 +118,12 @@ def ensure_plain_video(run: Run, dist: DistInfo, resume: bool) -> None:
     run_dir = Path(p.unconditional_run)
     if has_trained_model(run_dir) or not p.unconditional_recipe:
         return  # (without a recipe, plain_sections() says what to do)
-    file, sections = load_recipe(p.unconditional_recipe, [], only_kind(VIDEO_KIND, "predict.unconditional_recipe"))
-    if sections["recipe"].kind != "video" or VIDEO.conditioned(sections):
-        raise ConfigError(f"predict.unconditional_recipe '{file}' must be a plain video recipe (kind = \"video\", "
-                          "no video.known_patterns)")
-    run.log(f"[unconditional] training {file} into {run_dir} (its prepare and train stages)")
-    if dist.is_main:
-        save_resolved(run_dir, sections)
-    sub = Run(run_dir, sections, run.log, run.main)
-    VIDEO_KIND.check(sections)
-    run_stages(sub, VIDEO_KIND.train_stages(sub, dist, resume), dist)
+    def plain(file, sections):
+        if VIDEO.conditioned(sections):
+            raise ConfigError(f"predict.unconditional_recipe '{file}' must be a plain video recipe (no "
+                              "video.known_patterns)")
+    train_first(run, p.unconditional_recipe, run_dir, VIDEO_KIND, dist, resume, "predict.unconditional_recipe",
+                stages=VIDEO_KIND.train_stages, check=plain)
 
 
 

@@ -2,10 +2,10 @@
 (optionally class-conditional) generator of short clips."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from data_prep import espeak_corpus
@@ -15,7 +15,8 @@ from ..data.audio import AudioData, AudioDataError, build_audio_dataset, read_au
 from ..data.mel import MelConfig, mel_spectrogram, silence_mel
 from ..engine.config import ConfigError
 from ..models.diffwave import DiffWave, DiffWaveConfig, MelEnergyPrior, MelEnvelopePrior, NoisePriorModel
-from ..utils import added_key
+from ..outputs import OutputSpec
+from ..utils import added_key, read_npy
 from .base import Known, Modality
 from .image import is_folder
 from .sections import SampleConfig, batch_loss
@@ -40,7 +41,7 @@ class VocodeConfig:
     chunk_frames: int = 0             # > 0: vocode long inputs in overlapping chunks of this many frames
     overlap_frames: int = 16
     seed: int = 0
-    consistency: int = added_key(0)   # > 0: mel-consistency iterations on every clean estimate (data/mel_consistency.py)
+    consistency: int = added_key(0)   # > 0: mel-consistency iterations per clean estimate (data/mel_consistency.py)
 
 
 def mel_config(sections: dict) -> MelConfig:
@@ -57,10 +58,10 @@ def cache_dir(run) -> Path:
 
 
 def levels_kwargs(sections: dict, steps: int) -> dict:
-    """steps == 6: the fast schedule (inference betas with aligned fractional training steps);
-    otherwise `steps` evenly spaced training steps."""
+    """steps == 6 on DiffWave's own (VP) objective: the fast schedule (inference betas with aligned
+    fractional training steps); otherwise `steps` evenly spaced levels of the objective."""
     sched = sections["diffusion"].build_schedule()
-    if steps == len(FAST_BETAS):
+    if steps == len(FAST_BETAS) and sections["diffusion"].objective == "vp":
         fast = Schedule.from_betas(FAST_BETAS)
         return {"timesteps": sched.align_betas(FAST_BETAS).flip(0), "sigmas": fast.sigmas.flip(0)}
     return {"steps": steps, "spacing": "linspace" if steps < sched.T else "leading"}
@@ -123,6 +124,8 @@ def parse_gap(text: str) -> tuple[float, float]:
         a, b = (float(v) for v in text.split(":"))
     except ValueError:
         raise ConfigError(f"--gap must look like START:END in seconds (e.g. 1.20:1.45), got {text!r}") from None
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise ConfigError(f"--gap {text}: START and END must be finite numbers of seconds (e.g. 1.20:1.45)")
     if not 0 <= a < b:
         raise ConfigError(f"--gap {text}: need 0 <= START < END")
     return a, b
@@ -144,7 +147,6 @@ class AudioModality(Modality):
     name = "audio"
     data_section, model_section = AudioData, DiffWaveConfig
     extra_sections = {"prep": AudioPrepConfig, "vocode": VocodeConfig}
-    sample_unit = "clip"
 
     def check(self, sections: dict) -> None:
         m, mc = sections["model"], mel_config(sections)
@@ -229,7 +231,17 @@ class AudioModality(Modality):
                               f"(one hop of {hop} samples at {sr} Hz)")
         return int(sr * request.seconds) // hop * hop
 
+    def sample_output(self, sections: dict, n: int) -> OutputSpec:
+        return OutputSpec((".wav",) if n == 1 else (), folder=True,
+                          why="" if n == 1 else f"{n} clips are written one WAV each; a file name fits --n 1 only")
+
+    def completed_output(self, sections: dict) -> OutputSpec:
+        return OutputSpec((".wav",))
+
     def write_samples(self, x, out: str, sections: dict, labels, request) -> str:
+        if not is_folder(out):  # one clip to the file named
+            write_wav(out, x[0], sections["data"].sample_rate)
+            return str(out)
         for i in range(len(x)):
             write_wav(Path(out) / f"sample_{i:04d}.wav", x[i], sections["data"].sample_rate)
         return f"{len(x)} WAVs to {out}"
@@ -260,11 +272,8 @@ class AudioModality(Modality):
     def read_mel(self, path: Path, sections: dict) -> torch.Tensor:
         """A vocoder's input: a mel .npy [n_mels, frames] of this vocoder's configuration, or speech to re-vocode."""
         cfg = mel_config(sections)
-        if path.suffix == ".npy":
-            try:
-                mel = torch.from_numpy(np.load(path, allow_pickle=False)).float()
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"cannot read mel '{path}': {e}") from None
+        if path.suffix.lower() == ".npy":
+            mel = torch.from_numpy(read_npy(path, "mel")).float()
             if mel.ndim != 2 or mel.shape[0] != cfg.n_mels or mel.shape[1] == 0:
                 raise ConfigError(f"mel '{path}' has shape {tuple(mel.shape)}; this vocoder expects [{cfg.n_mels}, "
                                   f"frames] {cfg.style} mels with frames >= 1 (hop {cfg.hop_length}, "
@@ -278,6 +287,3 @@ class AudioModality(Modality):
 
 AUDIO = AudioModality()
 
-
-def written_to_folder(out: str) -> bool:
-    return is_folder(out)

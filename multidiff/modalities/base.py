@@ -24,6 +24,7 @@ from ..engine.config import ConfigError
 from ..engine.precision import InferenceModel
 from ..engine.runs import section_hash
 from ..engine.trainer import TrainConfig
+from ..outputs import OutputSpec
 from .sections import DiffusionConfig, SampleConfig
 
 # the sections every diffusion modality reads, beside its own [data] and [model]
@@ -39,7 +40,6 @@ class Modality:
     model_section: type = object       # the [model] dataclass
     extra_sections: dict[str, type] = {}  # the modality's own further sections, e.g. audio's [vocode]
     channels_last = False              # the fast memory layout for the trainer (images, videos)
-    sample_unit = "sample"             # what one generated item is called in messages
     final_samples = "final.png"        # what the sample stage writes under RUN/samples/ (a file, or a folder/)
     preview_count = 0                  # samples in a training preview (0 = none)
     conditioned_name = "mask-conditioned"  # what a model conditioned on the known part is called
@@ -140,6 +140,11 @@ class Modality:
         """Write generated items to `out` (a file or a folder/); returns what was written."""
         raise NotImplementedError
 
+    def sample_output(self, sections: dict, n: int) -> OutputSpec | None:
+        """What write_samples makes of n items: file suffixes and/or a folder/ (checked before sampling;
+        None: any name, with the checks every output gets -- inputs, existing files, a writable folder)."""
+        return None
+
     def write_preview(self, x: torch.Tensor, path: Path, sections: dict) -> None:
         """A training preview of `preview_count` samples as one picture."""
         raise NotImplementedError
@@ -154,6 +159,10 @@ class Modality:
 
     def write_completed(self, x: torch.Tensor, out: str, sections: dict, known: "Known", request) -> str:
         raise NotImplementedError
+
+    def completed_output(self, sections: dict) -> OutputSpec | None:
+        """What write_completed writes (as sample_output)."""
+        return None
 
 
 @dataclass
@@ -177,8 +186,7 @@ class Trained:
         return self.modality.num_classes(self.sections)
 
     def denoiser(self, device, bf16: bool) -> Denoiser:
-        d = self.sections["diffusion"]
-        return Denoiser(InferenceModel(self.model, device, bf16), d.build_schedule(), d.prediction)
+        return self.sections["diffusion"].build_denoiser(InferenceModel(self.model, device, bf16))
 
     def sample(self, den: Denoiser, noise: torch.Tensor, generator, cond: dict | None, device, **kw) -> torch.Tensor:
         """core.sample with what this model needs besides (noise prior coloring)."""
@@ -192,6 +200,12 @@ def load_trained(modality: Modality, sections: dict, run_dir) -> Trained:
     if ckpt is None:
         raise ConfigError(f"'{run_dir}' has no checkpoint yet: train it first (multidiff train ...)")
     return Trained(modality, sections, load_ema_weights(ckpt, modality.build_model(sections)), ckpt)
+
+
+def split_summary(train, test, unit: str) -> dict:
+    """What a prepare stage reports of a train and a test split (and the files it left out)."""
+    return {f"train_{unit}": len(train), f"test_{unit}": len(test), "classes": train.num_classes,
+            "skipped": [f"{p}: {r}" for p, r in train.skipped + test.skipped]}
 
 
 def check_labels_fit(sections: dict, dataset, num_classes: int) -> None:

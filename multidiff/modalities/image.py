@@ -6,17 +6,32 @@ from pathlib import Path
 
 import torch
 
-from ..data.image import ImageData, build_image_dataset, load_image, save_image_grid
+from ..data.image import ImageData, build_image_dataset, load_image, picture_size, save_image_grid
 from ..data.masks import MASK_KINDS, load_mask, make_mask, random_masks
 from ..engine.config import ConfigError
 from ..models.unet2d import UNet2D, UNet2DConfig
-from .base import Known, Modality
+from ..outputs import OutputSpec
+from .base import Known, Modality, split_summary
 from .sections import batch_loss
 
 
 def grid_rows(num_classes: int, n: int) -> int:
     """Images (or clips) per row of a grid: one row per class for 10-class models, else about square."""
     return 10 if num_classes == 10 and n % 10 == 0 else max(1, round(math.sqrt(n)))
+
+
+# why images are written as PNG only (and `--out x.jpg` is refused, not silently given PNG bytes)
+PNG_ONLY = "PNG is lossless, so the known pixels of an inpainting stay exact"
+
+
+def check_mask_fits(mask, image, resize: bool) -> None:
+    """A mask drawn for another picture does not line up with this one: its size must be the image's own
+    (both then go through the same crop and resize to the model's size), unless --resize-mask says so."""
+    m, i = picture_size(mask), picture_size(image)
+    if resize or m is None or i is None or m == i:
+        return  # (an unreadable file is named by load_image / load_mask)
+    raise ConfigError(f"mask '{mask}' is {m[0]}x{m[1]} pixels but image '{image}' is {i[0]}x{i[1]}: give a mask of "
+                      "the image's size (white = fill), or pass --resize-mask to stretch it to the image")
 
 
 def is_folder(out: str) -> bool:
@@ -71,7 +86,6 @@ class ImageModality(Modality):
     name = "image"
     data_section, model_section = ImageData, UNet2DConfig
     channels_last = True
-    sample_unit = "image"
     preview_count = 64
     default_completion = "repaint"
     latent_training = "cache"   # in an autoencoder's space: train on a cache of posterior moments (latent.py)
@@ -113,9 +127,7 @@ class ImageModality(Modality):
         return sections["model"].extra_in_channels > 0
 
     def prepare(self, run) -> dict:
-        train, test = build_image_dataset(run["data"], "train"), build_image_dataset(run["data"], "test")
-        return {"train_items": len(train), "test_items": len(test), "classes": train.num_classes,
-                "skipped": [f"{p}: {r}" for p, r in train.skipped + test.skipped]}
+        return split_summary(self.dataset(run, "train"), self.dataset(run, "test"), "items")
 
     def dataset(self, run, split: str):
         return build_image_dataset(run["data"], split)
@@ -144,6 +156,12 @@ class ImageModality(Modality):
         save_image_grid(x, out, nrow=10 if one_row_per_class else None)
         return str(out)
 
+    def sample_output(self, sections: dict, n: int) -> OutputSpec:
+        return OutputSpec((".png",), folder=True, why=PNG_ONLY)
+
+    def completed_output(self, sections: dict) -> OutputSpec:
+        return OutputSpec((".png",), why=PNG_ONLY)
+
     def write_preview(self, x, path: Path, sections: dict) -> None:
         save_image_grid(x, path, nrow=grid_rows(self.num_classes(sections), len(x)))
 
@@ -153,6 +171,7 @@ class ImageModality(Modality):
         size, C = sections["data"].size, sections["data"].channels
         known = load_image(request.image, size, C)[None]
         if request.mask:
+            check_mask_fits(request.mask, request.image, request.resize_mask)
             mask = load_mask(request.mask, size)[None]
         else:
             kinds = [k for k in MASK_KINDS if k != "mixture"]

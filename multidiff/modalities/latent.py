@@ -62,7 +62,7 @@ class LatentModality(Modality):
     def __init__(self, inner: Modality, codec: LatentCodec):
         self.inner, self.codec = inner, codec
         self.name = f"latent {inner.name}"
-        for name in ("channels_last", "sample_unit", "final_samples", "preview_count", "conditioned_name",
+        for name in ("channels_last", "final_samples", "preview_count", "conditioned_name",
                      "default_completion"):
             setattr(self, name, getattr(inner, name))
         self.data_section, self.model_section = inner.data_section, inner.model_section
@@ -154,6 +154,12 @@ class LatentModality(Modality):
 
     def write_samples(self, x, out, sections, labels, request) -> str:
         return self.inner.write_samples(x, out, sections, labels, request)
+
+    def sample_output(self, sections: dict, n: int):
+        return self.inner.sample_output(sections, n)
+
+    def completed_output(self, sections: dict):
+        return self.inner.completed_output(sections)
 
     def write_preview(self, x, path, sections: dict) -> None:
         self.inner.write_preview(x, path, sections)

@@ -18,7 +18,8 @@ from ..data.video_write import save_clips, save_frame_grid
 from ..engine.config import ConfigError
 from ..engine.runs import section_hash
 from ..models.unet3d import UNet3D, UNet3DConfig
-from .base import Known, Modality
+from ..outputs import OutputSpec
+from .base import Known, Modality, split_summary
 from .image import grid_rows, is_folder
 from .sections import SampleConfig, batch_loss
 
@@ -115,6 +116,11 @@ class VideoTask:
             self._preview(model, path)  # a frame-conditioned model needs frames to complete: the evaluation shows those
 
 
+# what write_video / save_video_grid write, and .png: every frame of every clip in one picture
+CLIP_FILES = (".mp4", ".gif", ".webm", ".mkv", ".mov", ".avi", ".png")
+CLIP_FILES_WHY = ".png holds the frames side by side"
+
+
 def _incomplete(root: Path) -> bool:
     """A Moving-digits folder whose build was killed before it finished (its manifest says so)."""
     f = root / "manifest.json"
@@ -126,7 +132,6 @@ class VideoModality(Modality):
     data_section, model_section = VideoData, UNet3DConfig
     extra_sections = {"video": VideoTrainConfig, "prep": VideoPrepConfig, "latent": VideoLatentConfig}
     channels_last = True
-    sample_unit = "clip"
     final_samples = "final/"
     preview_count = 8
     conditioned_name = "frame-conditioned"
@@ -181,9 +186,7 @@ class VideoModality(Modality):
         elif not root.exists():
             raise ConfigError(f"data.root '{root}' does not exist: point data.root to your videos, or set "
                               "prep.build = \"moving_digits\" to build Moving-digits clips there")
-        train, test = build_video_dataset(d, "train"), build_video_dataset(d, "test")
-        return {"train_clips": len(train), "test_clips": len(test), "classes": train.num_classes,
-                "skipped": [f"{p}: {r}" for p, r in train.skipped + test.skipped]}
+        return split_summary(self.dataset(run, "train"), self.dataset(run, "test"), "clips")
 
     def dataset(self, run, split: str):
         return build_video_dataset(run["data"], split)
@@ -214,7 +217,8 @@ class VideoModality(Modality):
     def write_samples(self, x, out: str, sections: dict, labels, request) -> str:
         fps = request.fps or sections["sample"].fps
         if is_folder(out):
-            save_clips(x, Path(out), fps, nrow=grid_rows(self.num_classes(sections), len(x)) if labels is None else None)
+            rows = grid_rows(self.num_classes(sections), len(x)) if labels is None else None
+            save_clips(x, Path(out), fps, nrow=rows)
             return (f"{len(x)} clips of {x.shape[2]} frames (MP4 + GIF each, grid.mp4, grid.gif, frames.png) "
                     f"to {out}")
         if Path(out).suffix.lower() == ".png":
@@ -222,6 +226,12 @@ class VideoModality(Modality):
         else:
             save_video_grid(x, out, fps=fps)
         return f"{out}: {len(x)} clips of {x.shape[2]} frames"
+
+    def sample_output(self, sections: dict, n: int) -> OutputSpec:
+        return OutputSpec(CLIP_FILES, folder=True, why=CLIP_FILES_WHY)
+
+    def completed_output(self, sections: dict) -> OutputSpec:
+        return OutputSpec(CLIP_FILES, why=CLIP_FILES_WHY)
 
     def write_preview(self, x, path: Path, sections: dict) -> None:
         save_frame_grid(x, path)

@@ -18,6 +18,7 @@ from typing import Callable, ClassVar
 
 import torch
 
+from ..errors import UserError
 from ..modalities.base import Trained
 
 
@@ -76,6 +77,8 @@ def complete(trained: Trained, method: str, known: torch.Tensor, mask: torch.Ten
     known part of the result is `known` exactly."""
     if method not in METHODS:
         raise ValueError(f"unknown completion method {method!r}; choose one of {tuple(METHODS)}")
+    if not bool(torch.isfinite(known).all()):  # caught here, or the sampler would blame the model for the NaN
+        raise UserError("the input to complete holds NaN or inf values: give a file of finite samples")
     m, s, spec = trained.modality, trained.sections, METHODS[method]
     if m.conditioned(s) != spec.conditioned:
         need = f"a {m.conditioned_name} model" if spec.conditioned else "an unconditional model"

@@ -2,6 +2,7 @@
 previews the modality writes."""
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def train_model(run, modality: Modality, dist, resume: bool, *, run_dir: Path | 
 
 
 def archive_training(run_dir: Path) -> Path | None:
-    """Move a run's checkpoints and training log aside (to retrain with `--force train`): kept, never deleted."""
+    """Move a run's checkpoints and training log aside (to retrain with `--force train`): kept, never deleted,
+    with a copy of the config.toml they were trained with (call it before the new config is written)."""
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoints").exists():
         return None
@@ -43,4 +45,6 @@ def archive_training(run_dir: Path) -> Path | None:
     for name in ("checkpoints", "metrics.jsonl", "loss.png"):
         if (run_dir / name).exists():
             (run_dir / name).rename(dest / name)
+    if (run_dir / "config.toml").is_file():
+        shutil.copy2(run_dir / "config.toml", dest / "config.toml")
     return dest

@@ -8,6 +8,7 @@ import torch
 from ..data.mel import silence_mel
 from ..data.mel_consistency import MelConsistency
 from ..modalities.audio import mel_config
+from ..errors import UserError
 from ..modalities.base import Trained
 
 
@@ -33,6 +34,9 @@ def vocode(trained: Trained, mel: torch.Tensor, steps: int, device, bf16: bool, 
     (one batch) joined with linear cross-fades, so memory stays bounded and no seam is audible."""
     hop = trained.sections["model"].hop_length
     frames = mel.shape[-1]
+    if frames == 0 or not bool(torch.isfinite(mel).all()):  # else the sampler blames the model for the NaN
+        raise UserError(f"the mel to vocode has {frames} frames" + ("" if frames == 0 else " and NaN or inf values")
+                        + ": give speech or a mel .npy [n_mels, frames >= 1] of finite values")
     if chunk_frames <= 0 or frames <= chunk_frames:
         return synthesize(trained, mel[None], steps, device, bf16, generator, sampler, consistency)[0]
     if overlap >= chunk_frames:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,7 +15,8 @@ from multidiff.engine.config import ConfigError
 from multidiff.modalities.base import Known, Modality
 from multidiff.modalities.sections import batch_loss
 from multidiff.nn import LabelEmbedding, TimestepEmbedding
-from multidiff.utils import atomic_path
+from multidiff.outputs import OutputSpec
+from multidiff.utils import atomic_path, read_npy
 
 
 # ---- the data source -------------------------------------------------------------------------
@@ -138,12 +138,23 @@ class SinesModality(Modality):
         save_npy(out, x[:, 0])
         return f"{out} ({len(x)} signals of {x.shape[-1]} samples)"
 
+    def sample_output(self, sections, n):
+        return OutputSpec((".npy",))  # one file, checked before sampling
+
+    def completed_output(self, sections):
+        return OutputSpec((".npy",))
+
     def read_known(self, request, sections):
         """--input signal.npy [length] and --gap START:END in samples."""
         if not request.input or not request.gap:
             raise ConfigError("sines completion needs --input signal.npy and --gap START:END (samples)")
-        x = torch.from_numpy(np.load(Path(request.input), allow_pickle=False)).float().reshape(1, 1, -1)
-        a, b = (int(v) for v in request.gap.split(":"))
+        x = torch.from_numpy(read_npy(request.input, "signal")).float().reshape(1, 1, -1)
+        try:
+            a, b = (int(v) for v in request.gap.split(":"))
+        except ValueError:
+            raise ConfigError(f"--gap must look like START:END in samples (e.g. 20:36), got {request.gap!r}") from None
+        if not 0 <= a < b <= x.shape[-1]:
+            raise ConfigError(f"--gap {request.gap}: need 0 <= START < END <= {x.shape[-1]} (the signal's length)")
         mask = torch.ones_like(x)
         mask[..., a:b] = 0
         return Known(x, mask, f"{b - a} of {x.shape[-1]} samples filled")
