@@ -189,7 +189,9 @@ def test_unconditional_audio_recipe_on_spoken_digits(tmp_path, capsys):
     for key in ("fd", "inception_score", "confidence", "coverage"):
         assert math.isfinite(real[key]) and math.isfinite(gen[key]), key
     assert "modified_inception_score" in gen  # NaN when no two clips share a predicted class
-    assert 0 <= real["label_accuracy"] <= 1 and "label_accuracy" not in gen  # unconditional: no labels asked for
+    # the classifier reads the held-out voice's real words (measured 1.0); a 4-step model's clips are far from
+    # them (FD 807 vs 7.9) -- and an unconditional model is asked for no labels
+    assert real["label_accuracy"] >= 0.8 and gen["fd"] > 10 * real["fd"] and "label_accuracy" not in gen
     assert (tmp_path / "run/eval/mel_classifier.safetensors").exists()
     assert "| real held-out clips |" in (tmp_path / "run/eval.md").read_text()
     cli("sample", tmp_path / "run", "--n", 2, "--steps", 4, "--out", f"{tmp_path}/gen/")
@@ -203,7 +205,8 @@ def test_unconditional_audio_recipe_on_spoken_digits(tmp_path, capsys):
         "diffusion.timesteps=20", "model.max_steps=20", "model.num_classes=10", "train.num_workers=0", "eval.n=2",
         "eval.steps=[5]", "eval.guidance=2.0")
     gen = json.loads((tmp_path / "cond/eval.json").read_text())["rows"][-1]
-    assert 0 <= gen["label_accuracy"] <= 1
+    real = json.loads((tmp_path / "cond/eval.json").read_text())["rows"][0]
+    assert real["label_accuracy"] >= 0.8 and gen["label_accuracy"] < real["label_accuracy"]  # measured 1.0 vs 0.0
     cli("sample", tmp_path / "cond", "--n", 2, "--steps", 4, "--class", 7, "--guidance", 3, "--out", f"{tmp_path}/g7/")
     cli("sample", tmp_path / "cond", "--n", 2, "--steps", 4, "--class", 7, "--out", f"{tmp_path}/u7/")
     guided, plain = (sf.read(tmp_path / f"{d}/sample_0001.wav")[0] for d in ("g7", "u7"))

@@ -35,7 +35,10 @@ def test_image_digits_recipe_runs_every_stage(digits_run, capsys):
         assert (digits_run / f).exists(), f
     ev = json.loads((digits_run / "eval.json").read_text())
     assert [(r["sampler"], r["steps"]) for r in ev["rows"]] == [("ddim", 4), ("dpmpp_2m", 3)]
-    assert all(np.isfinite(r["fd"]) and 0 <= r["coverage"] <= 1 for r in ev["rows"])
+    # the reference row reads real held-out digits (measured: FD 0.09, 9 of 10 classes with a 1-epoch classifier);
+    # a 4-step model's samples are far from them (FD 36-69), and the metric must see it
+    real = ev["real_test_vs_train"]
+    assert real["coverage"] >= 0.8 and all(r["fd"] > 20 * real["fd"] for r in ev["rows"])
     assert ev["classifier_test_accuracy"] > 0.5
     assert Image.open(digits_run / "samples/final.png").size[0] > 16
     # re-running skips every finished stage and changes nothing

@@ -34,7 +34,7 @@ def cli(*args):
 def video_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("video")
     cli("train", ROOT / "recipes/video_moving_digits", "--out", tmp / "run", *tiny(tmp), "eval.n=10",
-        "eval.batch=10", 'eval.table=["dpmpp_2m:2"]')
+        "eval.batch=10", 'eval.table=["dpmpp_2m:2"]', "eval.classifier_epochs=30")
     return tmp
 
 
@@ -49,12 +49,15 @@ def test_video_recipe_builds_its_data_and_runs_every_stage(video_run, capsys):
     row = ev["rows"][0]
     for key in ("fd", "confidence", "coverage", "identity_agreement", "label_accuracy", "speed", "jerk"):
         assert key in row and key in ev["real_test"], key
-    assert 0 <= row["identity_agreement"] <= 1 and row["seconds_per_clip"] > 0
-    # the real clips glide: a measurable speed; re-running skips all four stages
-    assert ev["real_test"]["speed"] > 0.2
+    # the frame classifier reads real held-out clips well above chance (measured 0.55 on 2 train clips per class),
+    # and real clips glide (speed 0.75 px/frame) while a 3-step model's clips stand nearly still (0.02)
+    real = ev["real_test"]
+    assert real["label_accuracy"] > 0.3 and real["speed"] > 0.2 and row["speed"] < 0.5 * real["speed"]
+    assert row["seconds_per_clip"] > 0
+    # re-running skips all four stages
     capsys.readouterr()
     cli("train", ROOT / "recipes/video_moving_digits", "--out", run, *tiny(video_run), "eval.n=10", "eval.batch=10",
-        'eval.table=["dpmpp_2m:2"]')
+        'eval.table=["dpmpp_2m:2"]', "eval.classifier_epochs=30")
     assert capsys.readouterr().out.count("done already") == 4
 
 
@@ -82,7 +85,8 @@ def test_prediction_recipe_trains_its_plain_model_first_and_compares_methods(vid
     plain.write_text(to_toml(sections))
     run, plain_run = tmp_path / "pred", tmp_path / "plain_run"
     over = tiny(video_run) + [f"predict.unconditional_run={plain_run}", f"predict.unconditional_recipe={plain}",
-                              "predict.eval_n=4", "predict.batch=4", "predict.replace_steps=2",
+                              "eval.classifier_epochs=30", "predict.eval_n=10", "predict.batch=10",
+                              "predict.replace_steps=2",
                               "predict.repaint_steps=2", "predict.conditioned_steps=2", "predict.jump_length=1",
                               "predict.reconstruction_steps=2",
                               "predict.jump_n_sample=2", 'predict.tasks=["prefix:2", "ends", "0,2"]']
@@ -91,7 +95,11 @@ def test_prediction_recipe_trains_its_plain_model_first_and_compares_methods(vid
     ev = json.loads((run / "eval.json").read_text())
     assert [(r["task"], r["method"]) for r in ev["rows"]] == [
         (t, m) for t in ("prefix:2", "ends", "0,2") for m in ("conditioned", "replace", "repaint", "reconstruction")]
-    assert all(r["psnr"] > 0 and -1 <= r["ssim"] <= 1 and 0 <= r["label_accuracy"] <= 1 for r in ev["rows"])
+    # the reference rows: the classifier reads the real unknown frames (measured 0.50-0.55, one clip per class);
+    # completions by 2-step models of a 3-step training are not read as their clips' digits (0.05-0.10)
+    real = {r["task"]: r["label_accuracy"] for r in ev["real_rows"]}
+    assert sorted(real) == ["0,2", "ends", "prefix:2"] and min(real.values()) > 0.3
+    assert all(r["label_accuracy"] < real[r["task"]] and r["psnr"] > 0 for r in ev["rows"])
     assert (run / "samples/prediction.png").is_file() and (run / "samples/prediction.gif").is_file()
     # the CLI finds the plain model of a prediction run for replacement sampling
     src = sorted((video_run / "clips/test").rglob("*.mp4"))[0]
