@@ -26,31 +26,10 @@ from multidiff.cli import main
 from multidiff.engine.runs import load_recipe, save_resolved
 from multidiff.kinds import ModelRef, schemas
 
-ROOT = Path(__file__).parent.parent
-RECIPE = """
-[recipe]
-kind = "sines"
-modality = "helpers.sines:SINES"
-[data]
-n = 64
-length = 32
-[model]
-channels = 8
-layers = 2
-[diffusion]
-timesteps = 50
-prediction = "v"
-[train]
-steps = 4
-batch_size = 16
-warmup_steps = 1
-checkpoint_every = 4
-log_every = 1
-[sample]
-steps = 3
-n = 4
-"""
+from helpers.sines import TINY, write_recipe
 
+ROOT = Path(__file__).parent.parent
+V_PREDICTION = {"diffusion": {"timesteps": 50, "prediction": "v"}, "train": {**TINY["train"], "log_every": 1}}
 
 def sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -75,7 +54,7 @@ def train(recipe, run, *extra) -> int:
 def sines(tmp_path_factory):
     """A trained v-prediction sines run, and inputs for it."""
     tmp = tmp_path_factory.mktemp("sines")
-    (tmp / "sines.toml").write_text(RECIPE)
+    write_recipe(tmp / "sines.toml", **V_PREDICTION)
     assert train(tmp / "sines.toml", tmp / "run") == 0
     np.save(tmp / "signal.npy", np.sin(np.linspace(0, 6, 32)))
     nan = np.sin(np.linspace(0, 6, 32))

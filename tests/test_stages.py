@@ -6,29 +6,7 @@ import pytest
 
 from multidiff.cli import main
 
-RECIPE = """
-[recipe]
-kind = "sines"
-modality = "helpers.sines:SINES"
-[data]
-n = 64
-length = 32
-[model]
-channels = 8
-layers = 2
-[diffusion]
-timesteps = 50
-[train]
-steps = 4
-batch_size = 16
-warmup_steps = 1
-checkpoint_every = 4
-log_every = 2
-[sample]
-steps = 3
-n = 4
-"""
-
+from helpers.sines import write_recipe
 
 def train(recipe: Path, run: Path, *extra) -> int:
     return main(["train", str(recipe), "--out", str(run), *map(str, extra)])
@@ -36,8 +14,7 @@ def train(recipe: Path, run: Path, *extra) -> int:
 
 @pytest.fixture
 def recipe(tmp_path) -> Path:
-    (tmp_path / "sines.toml").write_text(RECIPE)
-    return tmp_path / "sines.toml"
+    return write_recipe(tmp_path / "sines.toml")
 
 
 def test_skip_leaves_a_stage_out_and_stage_runs_only_the_named_one(recipe, tmp_path, capsys):

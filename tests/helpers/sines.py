@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +18,22 @@ from multidiff.modalities.sections import batch_loss
 from multidiff.nn import LabelEmbedding, TimestepEmbedding
 from multidiff.outputs import OutputSpec
 from multidiff.utils import atomic_path, read_npy
+
+# a run small enough for tests of the run directory and the stages: trains in about a second
+TINY = {"data": {"n": 64, "length": 32}, "model": {"channels": 8, "layers": 2}, "diffusion": {"timesteps": 50},
+        "train": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "checkpoint_every": 4, "log_every": 2},
+        "sample": {"steps": 3, "n": 4}}
+
+
+def write_recipe(path, sections: dict = TINY, **changes) -> Path:
+    """A recipe TOML naming this modality: `sections` (section -> {key: value}), with `changes`
+    (section -> {key: value}) merged in."""
+    merged = {name: {**sections.get(name, {}), **changes.get(name, {})} for name in {*sections, *changes}}
+    text = '[recipe]\nkind = "sines"\nmodality = "helpers.sines:SINES"\n'
+    for name, table in merged.items():
+        text += f"[{name}]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in table.items())
+    Path(path).write_text(text)
+    return Path(path)
 
 
 # ---- the data source -------------------------------------------------------------------------
