@@ -1,5 +1,5 @@
 """Image inpainting evaluation: every completion method on the same held-out images and masks --
-PSNR / SSIM of the filled pixels, label agreement (digits), seconds per image."""
+PSNR / SSIM of the filled pixels, label agreement (digits), model calls per image (counted), seconds per image."""
 from __future__ import annotations
 
 import time
@@ -13,6 +13,7 @@ from ..metrics import psnr, ssim
 from ..modalities.base import Trained
 from ..pipelines.complete import METHODS, CompletionSampling, complete
 from .image import digit_classifier, stack
+from .model_calls import as_count, counting
 from .tables import markdown_table, write_result
 
 
@@ -44,10 +45,13 @@ def evaluate(run, models: dict[str, Trained], device, bf16: bool) -> dict:
         for method in cfg.methods:
             trained = models["conditioned" if METHODS[method].conditioned else "plain"]
             t0 = time.perf_counter()
-            x = torch.cat([complete(trained, method, originals[i:i + 100], mask[i:i + 100], cfg, device, bf16,
-                                    torch.Generator().manual_seed(cfg.seed + i))
-                           for i in range(0, len(originals), 100)])
-            row = {"mask": kind, "method": method, "n": len(x),
+            with counting(trained.model) as calls:
+                x = torch.cat([complete(trained, method, originals[i:i + 100], mask[i:i + 100], cfg, device, bf16,
+                                        torch.Generator().manual_seed(cfg.seed + i))
+                               for i in range(0, len(originals), 100)])
+            nfe, nfe_backward = calls.per_item(len(x))
+            row = {"mask": kind, "method": method, "n": len(x), "nfe": as_count(nfe),
+                   "nfe_backward": as_count(nfe_backward),
                    "seconds_per_image": (time.perf_counter() - t0) / len(x),
                    "psnr_filled": float(psnr(x, originals, mask).mean()),
                    "ssim_filled": float(ssim(x, originals, mask, window=cfg.ssim_window).mean())}
@@ -69,4 +73,5 @@ def evaluate(run, models: dict[str, Trained], device, bf16: bool) -> dict:
 
 
 COLUMNS = {"mask": "mask", "method": "method", "psnr_filled": ("PSNR filled (dB)", ".2f"),
-           "ssim_filled": "SSIM filled", "label_agreement": "label agreement", "seconds_per_image": "s/image"}
+           "ssim_filled": "SSIM filled", "label_agreement": "label agreement", "nfe": "model calls",
+           "nfe_backward": "of which backward", "seconds_per_image": "s/image"}
