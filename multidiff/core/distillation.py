@@ -1,0 +1,156 @@
+"""The math of few-step students, for any objective and any signal: the levels a student samples on,
+the targets it learns from its teacher, and the consistency parameterisation.
+
+Progressive distillation (Salimans & Ho 2022). A student of N steps samples with deterministic DDIM
+on the levels t_k = (T - 1) k / N (k = N .. 1, in the network's noise-input units, then one step to
+clean data). The levels of 2N steps are those and their midpoints, so the student's one step from
+t_k to t_{k-1} is trained to land where its teacher's two DDIM steps land: the x0-space target is the
+x0 that makes a single DDIM step reach the teacher's result (the paper's Algorithm 2), weighted by
+max(SNR, 1) (its "truncated SNR" weighting: the x0 error where the signal dominates, the eps error
+where the noise does). Each round's student is the next round's teacher.
+
+Consistency distillation (Song et al. 2023). A consistency function f(x, sigma) maps every point of
+the teacher's probability-flow ODE trajectory to the trajectory's clean end. It is parameterised on
+top of the network's clean estimate D as f = c_skip x + (1 - c_skip) D with
+c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2), so f(x, sigma_min) = x exactly (the boundary
+condition that keeps the training from collapsing) and f ~ D at high noise. Training makes f agree at
+neighbouring levels of a Karras grid, one of them reached by the teacher's ODE step (Heun or Euler);
+multistep sampling (samplers.consistency) denoises, re-noises to the next level and denoises again.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .objective_base import Estimate, Objective, bcast
+
+SIGMA_MAX_CAP = 80.0   # a consistency grid's top level: beyond it (EDM's sigma_max) a [-1, 1] signal is invisible
+SIGMA_DATA = 0.5         # the consistency parameterisation's data scale (Song et al.; signals in [-1, 1])
+PSEUDO_HUBER_C = 0.00054  # iCT's c per sqrt(dimension) (Song & Dhariwal 2023), here on the per-element RMS
+
+
+# ---- progressive distillation ----------------------------------------------------------------------------
+def progressive_timesteps(schedule, steps: int) -> torch.Tensor:
+    """The network noise inputs of a progressive student's `steps` levels, highest first: (T - 1) k / steps for
+    k = steps .. 1 (each step ends on the next; the last one on clean data). The levels of 2N steps are the
+    N-step levels and their midpoints."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"a student takes >= 1 steps, got {steps!r}")
+    k = torch.arange(steps, 0, -1, dtype=torch.float64)
+    return (schedule.T - 1) * k / steps
+
+
+def grid_alpha_bar(schedule, points: int) -> torch.Tensor:
+    """abar at the `points` + 1 grid levels (T - 1) j / points, j = 0 .. points; j = 0 is clean data (abar = 1)."""
+    j = torch.arange(points + 1, dtype=torch.float64)
+    ab = schedule.alpha_bar_at((schedule.T - 1) * j / points)
+    ab[0] = 1.0
+    return ab
+
+
+def ddim_move(est: Estimate, abar_to: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) to the per-sample levels abar_to [B], given the estimate at the current one."""
+    return bcast(abar_to.sqrt(), like) * est.x0 + bcast((1 - abar_to).sqrt(), like) * est.eps
+
+
+def progressive_target(z_t: torch.Tensor, z_s: torch.Tensor, abar_t: torch.Tensor,
+                       abar_s: torch.Tensor) -> torch.Tensor:
+    """The clean estimate with which one DDIM step from z_t (level abar_t) lands on z_s (level abar_s > abar_t):
+    x = (z_s - (sigma_s / sigma_t) z_t) / (alpha_s - (sigma_s / sigma_t) alpha_t); = z_s when s is clean."""
+    a_t, s_t, a_s, s_s = abar_t.sqrt(), (1 - abar_t).sqrt(), abar_s.sqrt(), (1 - abar_s).sqrt()
+    r = s_s / s_t
+    return (z_s - bcast(r, z_t) * z_t) / bcast(a_s - r * a_t, z_t)
+
+
+def truncated_snr_weight(abar: torch.Tensor) -> torch.Tensor:
+    """max(SNR, 1) on the x0-space error (Salimans & Ho 2022, sec. 4)."""
+    return (abar / (1 - abar)).clamp(min=1.0)
+
+
+# ---- consistency distillation ------------------------------------------------------------------------------
+def consistency_range(schedule) -> tuple[float, float]:
+    """(sigma_min, sigma_max) of a consistency model's levels: the schedule's own Karras range, its top capped
+    at SIGMA_MAX_CAP."""
+    top, bottom = schedule.karras_sigmas(2).tolist()
+    return bottom, min(top, SIGMA_MAX_CAP)
+
+
+def consistency_grid(schedule, points: int) -> torch.Tensor:
+    """The training grid: `points` Karras levels (rho 7) over consistency_range, ascending (sigma_1 = sigma_min)."""
+    if points < 2:
+        raise ValueError(f"a consistency grid needs >= 2 levels, got {points}")
+    lo, hi = consistency_range(schedule)
+    return schedule.karras_sigmas(points, sigma_min=lo, sigma_max=hi).flip(0)
+
+
+def consistency_levels(schedule, steps: int) -> torch.Tensor:
+    """The levels of `steps`-step consistency sampling, highest first: the first `steps` of a (steps + 1)-level
+    Karras ramp over consistency_range (1 step: sigma_max alone; 2: sigma_max and the ramp's middle)."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"a student takes >= 1 steps, got {steps!r}")
+    lo, hi = consistency_range(schedule)
+    return schedule.karras_sigmas(steps + 1, sigma_min=lo, sigma_max=hi)[:steps]
+
+
+def ode_step(den, x: torch.Tensor, s_from: torch.Tensor, s_to: torch.Tensor, method: str = "heun",
+             cond: dict | None = None) -> torch.Tensor:
+    """One step of the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma from the per-sample VE levels
+    s_from to s_to (> 0), Euler or Heun (EDM's Algorithm 1 step)."""
+    cond = cond or {}
+    d = (x - den(x, s_from, **cond)) / bcast(s_from, x)
+    h = bcast(s_to - s_from, x)
+    x_e = x + h * d
+    if method == "euler":
+        return x_e
+    d2 = (x_e - den(x_e, s_to, **cond)) / bcast(s_to, x)
+    return x + h * (d + d2) / 2
+
+
+def pseudo_huber(err: torch.Tensor, c: float = PSEUDO_HUBER_C) -> torch.Tensor:
+    """Per-sample sqrt(mean(err^2) + c^2) - c (iCT's metric, scaled by 1/sqrt(dim)): L2 for large errors, L1-like
+    for small ones, so a few outliers do not dominate."""
+    return (err.float().square().flatten(1).mean(1) + c * c).sqrt() - c
+
+
+class ConsistencyObjective(Objective):
+    """A consistency function on top of any objective's clean estimate D: f = c_skip x + (1 - c_skip) D,
+    c_skip(sigma) = sd^2 / ((sigma - sigma_min)^2 + sd^2) (Song et al. 2023's c_skip), so f(x, sigma_min) = x.
+    A Denoiser over it is a consistency model: its view is f, for every sampler wrapper (guidance, masks,
+    projections) alike. `consistency` marks it for the sampler check in sample()."""
+
+    consistency = True
+
+    def __init__(self, inner: Objective, sigma_min: float, sigma_data: float = SIGMA_DATA):
+        self.inner, self.sigma_min, self.sigma_data = inner, float(sigma_min), float(sigma_data)
+        self.schedule, self.name = inner.schedule, inner.name
+        self.defined_at_pure_noise = inner.defined_at_pure_noise
+        self.weighting, self.min_snr_gamma, self.loss_type = inner.weighting, inner.min_snr_gamma, inner.loss_type
+
+    def c_skip(self, sigma):
+        sd = self.sigma_data
+        if isinstance(sigma, torch.Tensor) and sigma.ndim > 0:
+            s = sigma.to(torch.float64)
+            c = sd**2 / ((s - self.sigma_min).clamp(min=0) ** 2 + sd**2)
+            return torch.where(torch.isinf(s), torch.zeros_like(c), c)
+        s = float(sigma)
+        return 0.0 if math.isinf(s) else sd**2 / (max(s - self.sigma_min, 0.0) ** 2 + sd**2)
+
+    def denoise(self, raw, x, sigma):
+        c = bcast(self.c_skip(sigma), x)
+        return c * x + (1 - c) * self.inner.denoise(raw, x, sigma)
+
+    def denoise_vp(self, raw, x_vp, alpha, sigma):
+        est = self.inner.denoise_vp(raw, x_vp, alpha, sigma)
+        if isinstance(alpha, torch.Tensor) and alpha.ndim > 0:
+            ve = torch.where(alpha > 0, sigma / alpha.clamp(min=1e-30), torch.full_like(alpha, math.inf))
+            x_ve = x_vp / bcast(alpha.clamp(min=1e-30), x_vp)
+        else:
+            ve = sigma / alpha if alpha > 0 else math.inf
+            x_ve = x_vp / alpha if alpha > 0 else x_vp
+        c = bcast(self.c_skip(ve), x_vp)
+        x0 = c * x_ve + (1 - c) * est.x0
+        return Estimate(x0, (x_vp - bcast(alpha, x_vp) * x0) / bcast(sigma, x_vp))
+
+    def input_scale_vp(self, alpha, sigma):
+        return self.inner.input_scale_vp(alpha, sigma)

@@ -1,0 +1,245 @@
+"""Distillation of a trained model into a few-step student: the trainer's tasks and the training of one student.
+
+Both tasks wrap the modality's own task: its `prepare_batch` gives the micro-batch exactly as the
+teacher was trained on it (crops, latents, labels, mels, known frames, the noise prior's coloring and
+whitening), from the step's random draws; so a distillation resumes exactly and runs under DDP like
+every training. The teacher is frozen (EMA weights, eval mode) and seen through the view samplers see
+(its objective's clean estimate), classifier-free guided at the student's [distill] guidance: the
+student learns the guided model and samples unguided (Meng et al. 2023's first stage).
+
+ProgressiveTask   Salimans & Ho 2022: one student DDIM step on progressive_timesteps(N) matches two
+                  teacher DDIM steps; x0-space target, truncated-SNR weight (core/distillation.py).
+ConsistencyTask   Song et al. 2023's consistency distillation, with iCT's pseudo-Huber metric: f(x_{n+1},
+                  sigma_{n+1}) against the target network's f at the teacher's ODE step down to sigma_n.
+                  The target network is an EMA (distill.target_ema) of the student, updated after every
+                  optimizer step and saved with each checkpoint.
+
+Why consistency *distillation* and not improved consistency training (iCT, Song & Dhariwal 2023): we start
+from a trained teacher, whose ODE step gives a low-variance target at every level, so a student converges
+in a few thousand steps on a CPU; iCT learns from data alone and needs a curriculum over hundreds of
+thousands of steps to reach comparable quality. Of iCT we keep what helps distillation too: the
+pseudo-Huber metric (no LPIPS network, which exists for images only).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import torch
+
+from ..core import Denoiser, GuidedModel
+from ..core.distillation import (ConsistencyObjective, consistency_grid, consistency_range, ddim_move, grid_alpha_bar,
+                                 ode_step, progressive_target, pseudo_huber, truncated_snr_weight)
+from ..core.objective_base import bcast
+from ..engine.checkpoint import load_weights_into
+from ..engine.precision import resolve_precision
+from ..engine.trainer import Trainer
+from ..errors import UserError
+from ..modalities.base import Trained
+from ..modalities.student import NOT_SAMPLING, StudentModality, default_steps, for_student, is_student, student_sampler
+from ..nn.conditioning import null_condition
+from .generate import previewer
+
+
+def teacher_identity(checkpoint: Path) -> str:
+    """A checkpoint's name and the sha256 (first 16 hex digits) of its EMA weights: what a student is made of."""
+    h = hashlib.sha256()
+    with open(Path(checkpoint) / "ema.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"{Path(checkpoint).name}:{h.hexdigest()[:16]}"
+
+
+def resolve_guidance(base: dict, guidance: float, num_classes: int) -> float:
+    """The guidance scale a student distils in: distill.guidance, else (< 0) the one its teacher samples with."""
+    if is_student(base):
+        return base["distill"].guidance  # already in the teacher's weights
+    if guidance < 0:
+        return float(base["sample"].guidance_scale) if num_classes and "sample" in base else 1.0
+    if guidance != 1.0 and not num_classes:
+        raise ValueError(f"distill.guidance = {guidance} needs a class-conditional teacher ([model] num_classes > 0); "
+                         "leave it out")
+    return float(guidance)
+
+
+def student_sections(base: dict, cfg, steps: list[int], teacher_dir, identity: str, num_classes: int) -> dict:
+    """A student's config: its teacher's (`base`) with [distill] saying how it is made (`cfg` resolved: guidance,
+    the optimizer steps and lr of its training), [train] those, [model] without class dropout (the task drops
+    labels itself where the student keeps an unconditional branch), and every sampling section (sample, eval,
+    vocode, inpaint, predict) on the student's sampler and steps."""
+    train = base["train"]
+    if is_student(base):  # a student distilled further: its own round length and lr, not a third of them
+        rounds, lr = cfg.round_steps or base["distill"].round_steps, cfg.lr or base["distill"].lr
+    else:
+        rounds, lr = cfg.round_steps or max(1, train.steps // 3), cfg.lr or train.lr / 2
+    d = dataclasses.replace(cfg, steps=list(steps), guidance=resolve_guidance(base, cfg.guidance, num_classes),
+                            round_steps=rounds, lr=lr, teacher=str(teacher_dir), teacher_checkpoint=identity)
+    sampler, default = student_sampler(d.method), default_steps(d)
+    out = {}
+    for name, sec in base.items():
+        if name == "distill":
+            out[name] = d
+        elif name == "recipe":
+            what = f"{'/'.join(map(str, steps))}-step {d.method} student of {teacher_dir}"
+            out[name] = dataclasses.replace(sec, description=what)
+        elif name == "train":
+            out[name] = dataclasses.replace(sec, steps=rounds, lr=lr, warmup_steps=min(d.warmup_steps, rounds - 1),
+                                            sample_every=0)
+        elif name == "model" and num_classes and hasattr(sec, "class_dropout"):
+            out[name] = dataclasses.replace(sec, class_dropout=0.0)
+        elif name in NOT_SAMPLING or not dataclasses.is_dataclass(sec):
+            out[name] = sec
+        else:
+            out[name] = for_student(sec, sampler, d.steps, default)
+    return out
+
+
+def _per_sample(err: torch.Tensor, mask) -> torch.Tensor:
+    if mask is None:
+        return err.flatten(1).mean(1)
+    m = torch.broadcast_to(mask.to(err.dtype), err.shape)
+    return (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1)
+
+
+class DistillTask:
+    """What both distillations share: the modality's prepared batch, the noise of its prior, and the teacher
+    guided at `guidance` (or, when nothing is distilled in, labels dropped alike for teacher and student with
+    probability `label_dropout`, so the student keeps an unconditional branch for guidance)."""
+
+    def __init__(self, inner, teacher: Denoiser, objective, guidance: float, num_classes: int, label_dropout: float):
+        self.inner, self.teacher, self.objective = inner, teacher, objective
+        self.guidance, self.K, self.label_dropout = float(guidance), int(num_classes), float(label_dropout)
+        self.channels_last = inner.channels_last
+        if getattr(inner, "collate", None) is not None:
+            self.collate = inner.collate
+
+    def preview(self, model, path: Path) -> None:
+        self.inner.preview(model, path)
+
+    def draws(self, batch, rand, draw_level):
+        """(prepared batch, the level draw, noise, both models' cond, the teacher's view), in one order of draws."""
+        p = self.inner.prepare_batch(batch, rand)
+        level = draw_level()
+        noise = self.objective.draw_noise(rand, p.x0)
+        if p.loss_kw.get("noise_color") is not None:
+            noise = p.loss_kw["noise_color"](noise)
+        cond, teacher = dict(p.cond), self.teacher
+        if self.K and self.guidance != 1.0:
+            teacher = teacher.with_model(GuidedModel(teacher.model, self.guidance, null_condition(cond, self.K)))
+        elif self.K and self.label_dropout > 0 and cond.get("y") is not None:
+            y = torch.as_tensor(cond["y"])
+            drop = rand.rand().to(y.device) < self.label_dropout
+            cond["y"] = torch.where(drop, torch.full_like(y, self.K), y)
+        return p, level, noise, cond, teacher
+
+    def error(self, p, err: torch.Tensor) -> torch.Tensor:
+        err = err.float()
+        return p.loss_kw["error_map"](err) if p.loss_kw.get("error_map") is not None else err
+
+
+class ProgressiveTask(DistillTask):
+    """A student of `steps` steps whose one DDIM step matches two of its teacher's (the teacher samples on the
+    2 * steps grid: the student's levels and their midpoints)."""
+
+    def __init__(self, inner, teacher, objective, steps: int, guidance, num_classes, label_dropout):
+        super().__init__(inner, teacher, objective, guidance, num_classes, label_dropout)
+        sched = objective.schedule
+        self.steps = int(steps)
+        self.abar = grid_alpha_bar(sched, 2 * self.steps)                       # [2N + 1], j = 0: clean
+        self.ts = (sched.T - 1) * torch.arange(2 * self.steps + 1, dtype=torch.float64) / (2 * self.steps)
+
+    def loss(self, net, batch, rand):
+        p, k, noise, cond, teacher = self.draws(batch, rand, lambda: rand.randint(self.steps).cpu() + 1)
+        x0 = p.x0
+        j = 2 * k                                           # the student steps from grid level j to j - 2
+        ab_t, ab_m, ab_s = self.abar[j], self.abar[j - 1], self.abar[j - 2]
+        z_t = bcast(ab_t.sqrt(), x0) * x0 + bcast((1 - ab_t).sqrt(), x0) * noise
+        with torch.no_grad():
+            z_m = ddim_move(teacher.vp(z_t, self.ts[j], ab_t, **cond), ab_m, z_t)
+            z_s = ddim_move(teacher.vp(z_m, self.ts[j - 1], ab_m, **cond), ab_s, z_t)
+            target = progressive_target(z_t.double(), z_s.double(), ab_t, ab_s)
+        x_hat = Denoiser.of(net, self.objective).vp(z_t, self.ts[j], ab_t, **cond).x0
+        per = _per_sample(self.error(p, x_hat - target.to(x_hat.dtype)).square(), p.loss_kw.get("mask"))
+        return (per * truncated_snr_weight(ab_t).to(per.device, per.dtype)).mean()
+
+
+class ConsistencyTask(DistillTask):
+    """Consistency distillation on a Karras grid of `grid` levels: the student's f at a level against the target
+    network's f one teacher ODE step (heun | euler) below. `student` is the model being trained (the trainer
+    passes its DDP wrapper to loss(); the target follows the model itself)."""
+
+    def __init__(self, inner, teacher, objective: ConsistencyObjective, student: torch.nn.Module, grid: int,
+                 ode: str, target_ema: float, guidance, num_classes, label_dropout):
+        super().__init__(inner, teacher, objective, guidance, num_classes, label_dropout)
+        self.sigmas = consistency_grid(objective.schedule, grid)            # ascending, sigmas[0] = sigma_min
+        self.ode, self.mu, self.student = ode, float(target_ema), student
+        self.target = copy.deepcopy(student).eval().requires_grad_(False)
+
+    def loss(self, net, batch, rand):
+        p, n, noise, cond, teacher = self.draws(batch, rand, lambda: rand.randint(len(self.sigmas) - 1).cpu())
+        x0 = p.x0
+        lo, hi = self.sigmas[n], self.sigmas[n + 1]
+        x_hi = x0 + bcast(hi, x0) * noise
+        with torch.no_grad():
+            x_lo = ode_step(teacher, x_hi, hi, lo, self.ode, cond)
+            target = Denoiser.of(self.target, self.objective)(x_lo, lo, **cond)
+        pred = Denoiser.of(net, self.objective)(x_hi, hi, **cond)
+        err = self.error(p, pred - target.to(pred.dtype))
+        if p.loss_kw.get("mask") is not None:
+            err = err * torch.broadcast_to(p.loss_kw["mask"].to(err.dtype), err.shape)
+        return pseudo_huber(err).mean()
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        for t, s in zip(self.target.parameters(), self.student.parameters()):
+            t.lerp_(s.detach().to(t.dtype), 1 - self.mu)
+        for t, s in zip(self.target.buffers(), self.student.buffers()):
+            t.copy_(s)
+
+    def extra_state(self) -> dict:
+        return {f"target.{k}": v for k, v in self.target.state_dict().items()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.target.load_state_dict({k[len("target."):]: v for k, v in state.items() if k.startswith("target.")})
+
+
+def train_student(run, modality, teacher: Trained, data_run, dist, resume: bool, label_dropout: float = 0.0,
+                  options: dict | None = None) -> dict:
+    """Train the student `run` (its config from student_sections) from `teacher` on the training split of
+    `data_run` (the original teacher's run: its data, caches, latents) in the shared Trainer. `modality` is the
+    kind's modality for the student's config (not wrapped); `options` go to its task (e.g. mask kinds)."""
+    s, d = run.sections, run["distill"]
+    bf16 = resolve_precision(s["train"].precision, dist.device)
+    dataset = modality.dataset(data_run, "train")
+    torch.manual_seed(s["train"].seed)
+    student = modality.build_model(s)
+    load_weights_into(student, teacher.model.state_dict(), teacher.checkpoint / "ema.safetensors")
+    student = student.to(dist.device)
+    if modality.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    wrapped = StudentModality(modality, s)
+    preview = (previewer(wrapped, s, dist.device, bf16, modality.preview_count)
+               if modality.preview_count and "sample" in s else None)
+    inner = modality.task(s, dist.device, bf16, preview=preview, model=student, **(options or {}))
+    if not hasattr(inner, "prepare_batch"):
+        raise UserError(f"a {modality.name} model cannot be distilled: its training task has no prepare_batch(batch, "
+                        "rand) giving the batch its loss trains on (docs/extending.md)")
+    teacher.model.requires_grad_(False)
+    teacher_den = teacher.denoiser(dist.device, bf16)
+    K = modality.num_classes(s)
+    guidance = 1.0 if is_student(teacher.sections) else d.guidance  # a student teacher has it in its weights
+    drop = label_dropout if K and guidance == 1.0 else 0.0
+    objective = s["diffusion"].build_objective()
+    if d.method == "progressive":
+        task = ProgressiveTask(inner, teacher_den, objective, d.steps[0], guidance, K, drop)
+    else:
+        sigma_min = consistency_range(objective.schedule)[0]
+        task = ConsistencyTask(inner, teacher_den, ConsistencyObjective(objective, sigma_min), student, d.grid, d.ode,
+                               d.target_ema, guidance, K, drop)
+    trainer = Trainer(student, dataset, task, s["train"], run.dir, dist=dist,
+                      fingerprint=wrapped.fingerprint(s, **(options or {})))
+    ckpt = trainer.fit(resume=resume)
+    return {"checkpoint": str(ckpt), "teacher": d.teacher, "teacher_checkpoint": d.teacher_checkpoint,
+            "precision": "bf16" if trainer.bf16 else "fp32"}
