@@ -1,6 +1,8 @@
 """Video recipes end to end through the real CLI: Moving-digits built by the recipe, tiny 3-D U-Nets,
 generation (MP4 + GIF), prediction / interpolation with a frame-conditioned model and with
-replacement sampling, and the errors a user meets."""
+replacement sampling, and the errors a user meets. The default video recipe trains one
+frame-conditioned model (MCVD-style, known-frame patterns none / prefix / ends) for all of these;
+its long clips and stills: tests/test_video_long.py."""
 import json
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 from multidiff.cli import main
+from multidiff.data.image import save_image_grid
 from multidiff.data.video import read_video
 from multidiff.kinds import schemas
 from multidiff.engine.runs import load_recipe
@@ -23,7 +26,8 @@ def tiny(tmp: Path) -> list[str]:
             "model.frames=4", "model.base_channels=16", "model.norm_groups=8", "model.channel_mult=[1, 2]",
             "model.attention_resolutions=[8]", "train.steps=3", "train.batch_size=4", "train.checkpoint_every=3",
             "train.warmup_steps=1", "train.log_every=1", "train.sample_every=0", "sample.n=4", "sample.steps=2",
-            "eval.classifier_epochs=1"]
+            "eval.classifier_epochs=1", 'predict.tasks=["prefix:2", "ends"]', "predict.eval_n=10",
+            "predict.conditioned_steps=2"]
 
 
 def cli(*args):
@@ -42,7 +46,8 @@ def test_video_recipe_builds_its_data_and_runs_every_stage(video_run, capsys):
     run = video_run / "run"
     assert len(list((video_run / "clips/train").rglob("*.mp4"))) == 20       # built by the prepare stage
     for f in ("eval.json", "eval.md", "loss.png", "samples/final/grid.mp4", "samples/final/grid.gif",
-              "samples/final/frames.png", "samples/final/clip_0003.mp4", "eval/frame_classifier.safetensors"):
+              "samples/final/frames.png", "samples/final/clip_0003.mp4", "eval/frame_classifier.safetensors",
+              "predict.json", "predict.md", "samples/predict.png"):
         assert (run / f).is_file(), f
     assert read_video(run / "samples/final/clip_0000.mp4", None, 1).shape == (1, 4, 16, 16)
     ev = json.loads((run / "eval.json").read_text())
@@ -54,11 +59,15 @@ def test_video_recipe_builds_its_data_and_runs_every_stage(video_run, capsys):
     real = ev["real_test"]
     assert real["label_accuracy"] > 0.3 and real["speed"] > 0.2 and row["speed"] < 0.5 * real["speed"]
     assert row["seconds_per_clip"] > 0
-    # re-running skips all four stages
+    # the same model predicts and interpolates (the predict stage, scored like the prediction recipe)
+    pred = json.loads((run / "predict.json").read_text())
+    assert [(r["task"], r["method"]) for r in pred["rows"]] == [("prefix:2", "conditioned"), ("ends", "conditioned")]
+    # re-running skips all five stages (the opt-in long_video stage runs only when asked for)
     capsys.readouterr()
     cli("train", ROOT / "recipes/video_moving_digits", "--out", run, *tiny(video_run), "eval.n=10", "eval.batch=10",
         'eval.table=["dpmpp_2m:2"]', "eval.classifier_epochs=30")
-    assert capsys.readouterr().out.count("done already") == 4
+    out = capsys.readouterr().out
+    assert out.count("done already") == 5 and "long_video" not in out
 
 
 def test_sample_cli_writes_longer_clips_than_trained(video_run, tmp_path):
@@ -85,6 +94,7 @@ def test_prediction_recipe_trains_its_plain_model_first_and_compares_methods(vid
     plain.write_text(to_toml(sections))
     run, plain_run = tmp_path / "pred", tmp_path / "plain_run"
     over = tiny(video_run) + [f"predict.unconditional_run={plain_run}", f"predict.unconditional_recipe={plain}",
+                              'predict.unconditional_overrides=["video.known_patterns=[]", "model.extra_in_channels=0"]',
                               "eval.classifier_epochs=30", "predict.eval_n=10", "predict.batch=10",
                               "predict.replace_steps=2",
                               "predict.repaint_steps=2", "predict.conditioned_steps=2", "predict.jump_length=1",
@@ -111,8 +121,7 @@ def test_prediction_recipe_trains_its_plain_model_first_and_compares_methods(vid
 @pytest.mark.parametrize("args, message", [
     (["inpaint", "{run}", "--input", "{clip}", "--known-frames", "0,9", "--out", "{tmp}/x.mp4"], "outside the clip"),
     (["inpaint", "{run}", "--input", "{clip}", "--known-frames", "0:4", "--out", "{tmp}/x.mp4"], "nothing is left"),
-    (["inpaint", "{run}", "--input", "{clip}", "--known-frames", "0", "--method", "conditioned", "--out",
-      "{tmp}/x.mp4"], "frame-conditioned run"),
+    (["sample", "{run}", "--frames", "12", "--context", "4", "--out", "{tmp}/x.mp4"], "--context 4"),
     (["inpaint", "{run}", "--input", "{tmp}/missing.mp4", "--known-frames", "0", "--out", "{tmp}/x.mp4"],
      "not found"),
     (["inpaint", "{run}", "--known-frames", "0", "--out", "{tmp}/x.mp4"], "--input"),
@@ -127,11 +136,10 @@ def test_cli_errors_are_one_clear_line(video_run, tmp_path, capsys, args, messag
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["model.extra_in_channels=2"], "extra_in_channels"),
-    (['video.known_patterns=["prefix"]'], "extra_in_channels"),
+    (["model.extra_in_channels=0"], "set it to 2"),
+    (['video.known_patterns=[]'], "set it to 0"),
     (['video.known_patterns=["sideways"]'], "sideways"),
     (["model.image_size=32"], "model.image_size"),
-    (["video.image_frames=2", 'video.known_patterns=["prefix"]', "model.extra_in_channels=2"], "cannot be combined"),
     (["prep.build=", "data.root={tmp}/nothing"], "does not exist"),
 ])
 def test_recipe_config_errors(tmp_path, capsys, overrides, message):
@@ -180,11 +188,16 @@ def test_ucf101_recipe_smoke_on_the_real_layout(tmp_path):
         "model.attention_resolutions=[8]", "model.num_heads=4", f"model.num_classes={len(UCF_CLASSES)}",
         "video.image_frames=2", "train.steps=2", "train.batch_size=4", "train.checkpoint_every=2",
         "train.num_workers=0", "train.sample_every=0", "sample.n=2", "sample.steps=2", "eval.n=3", "eval.batch=3",
-        'eval.table=["ddim:2"]')
+        'eval.table=["ddim:2"]', 'predict.tasks=["prefix:2", "ends"]', "predict.eval_n=3", "predict.batch=3",
+        "predict.conditioned_steps=2")
     assert (tmp_path / "ucf/splits/train1.txt").is_file()
     ev = json.loads((run / "eval.json").read_text())
     assert set(ev["rows"][0]) >= {"speed", "jerk", "seconds_per_clip"} and "fd" not in ev["rows"][0]
     assert read_video(run / "samples/final/clip_0001.mp4", None, 3).shape == (3, 4, 16, 16)
+    # the default trains the way the digits recipe does: one frame-conditioned model (with the joint image frames,
+    # never known) that also predicts and interpolates
+    pred = json.loads((run / "predict.json").read_text())
+    assert [r["method"] for r in pred["rows"]] == ["conditioned"] * 2 and all(r["psnr"] > 0 for r in pred["rows"])
 
 
 def test_latent_video_recipe_runs_frame_by_frame_in_an_autoencoders_latents(video_run, tmp_path, capsys):
@@ -196,13 +209,22 @@ def test_latent_video_recipe_runs_frame_by_frame_in_an_autoencoders_latents(vide
     cli("train", ROOT / "recipes/autoencoder_digits", "--out", ae, "data.size=16", "model.base_channels=8",
         "model.norm_groups=4", "loss.disc_start=2", "loss.disc_channels=8", "eval.n=20", "train.steps=2",
         "train.batch_size=16", "train.checkpoint_every=2", "train.warmup_steps=1", "data.max_items=40")
-    over = tiny(video_run) + [f"latent.autoencoder={ae}", "model.in_channels=4", "model.image_size=4",
+    over = tiny(video_run) + [f"latent.autoencoder={ae}", "model.in_channels=4", "model.extra_in_channels=5",
+                              "model.image_size=4",
                               "model.attention_resolutions=[2]", "eval.n=4", "eval.batch=4", 'eval.table=["ddim:2"]']
     cli("train", ROOT / "recipes/video_moving_digits", "--out", run, *over)
     assert read_video(run / "samples/final/clip_0000.mp4", None, 1).shape == (1, 4, 16, 16)
     src = sorted((video_run / "clips/test").rglob("*.mp4"))[0]
     cli("inpaint", run, "--input", src, "--known-frames", "0:2", "--steps", 2, "--out", tmp_path / "pred.gif")
     assert read_video(tmp_path / "pred.gif", None, 1).shape == (1, 4, 16, 16)
+    # longer clips window by window in latents, and a still kept exactly as frame 0 (pasted back in pixels)
+    cli("sample", run, "--n", 1, "--frames", 7, "--steps", 2, "--out", f"{tmp_path / 'long'}/")
+    assert read_video(tmp_path / "long/clip_0000.gif", None, 1).shape == (1, 7, 16, 16)
+    still = read_video(src, 16, 1, max_frames=1)[:, 0]
+    save_image_grid(still[None], tmp_path / "still.png", padding=0)
+    cli("animate", run, "--image", tmp_path / "still.png", "--frames", 6, "--steps", 2, "--out", tmp_path / "a.gif")
+    got = read_video(tmp_path / "a.gif", None, 1)
+    assert got.shape == (1, 6, 16, 16) and torch.allclose(got[:, 0], still, atol=1.01 / 127.5)
     # the U-Net must fit the latents, not the pixels
     assert main(["train", str(ROOT / "recipes/video_moving_digits"), "--out", str(tmp_path / "bad"), *over,
                  "model.in_channels=1"]) == 2

@@ -192,14 +192,16 @@ def repaint_schedule(steps: int, jump_length: int = 10, jump_n_sample: int = 10)
 
 def repaint(den: Denoiser, x: torch.Tensor, levels: Levels, mask: torch.Tensor, known: torch.Tensor, *,
             jump_length: int = 10, jump_n_sample: int = 10, sampler: str = "ddpm", eta: float = 0.0,
-            variance: str = "posterior", generator=None, cond=None, callback=None, progress=False) -> torch.Tensor:
+            variance: str = "posterior", generator=None, cond=None, callback=None, progress=False,
+            replace: bool = True) -> torch.Tensor:
     """RePaint resampling on top of ddpm (the paper) or ddim steps, VP coordinates (x starts as noise).
 
     Time k of the RePaint schedule is level index N-1-k; a step down is one sampler step with
-    known-region replacement, a step up re-noises by the forward process q(x_up | x_down)."""
+    known-region replacement (replace=False: none, e.g. DDNM's time travel, whose denoiser keeps the
+    known part), a step up re-noises by the forward process q(x_up | x_down)."""
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"RePaint resampling works with sampler 'ddpm' or 'ddim', not {sampler!r}")
-    project = known_region_projection(mask, known, generator)
+    project = known_region_projection(mask, known, generator) if replace else (lambda x, alpha, sigma: x)
     n = len(levels)
     abar = levels.alphas_cumprod.tolist()
     sched = repaint_schedule(n, jump_length, jump_n_sample)

@@ -175,6 +175,17 @@ def dpmpp_2m(den, x, levels, *, generator=None, cond=None, callback=None, progre
     return _ve_loop(update, "dpmpp_2m", den, x, levels, generator, cond, callback, progress, project)
 
 
+def consistency(den, x, levels, *, generator=None, cond=None, callback=None, progress=False, project=None):
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1), for a consistency model, whose view maps
+    any level straight to the clean signal (core/distillation.py): the estimate, re-noised to the next level with
+    fresh noise, is estimated again. One level is one-step generation."""
+
+    def update(x, x0, s, s_next, t_next, state):
+        return x0 + s_next * randn_like(x0, generator) if s_next > 0 else x0
+
+    return _ve_loop(update, "consistency", den, x, levels, generator, cond, callback, progress, project)
+
+
 # ---- specs ---------------------------------------------------------------------
 def _one_call_per_step(steps: int) -> int:
     return steps
@@ -194,6 +205,7 @@ class SamplerSpec:
     spacing: str                 # the spacing of its levels that a caller should default to
     eta: float | None = None     # its default noise scale; None: it takes no eta
     model_calls: Callable[[int], int] = _one_call_per_step  # denoiser evaluations for `steps` levels
+    model: str = "diffusion"     # what it samples: "diffusion" (solves the model's ODE / SDE) | "consistency" models
 
 
 SAMPLER_SPECS = {
@@ -203,8 +215,10 @@ SAMPLER_SPECS = {
     "euler_ancestral": SamplerSpec(euler_ancestral, "ve", "karras", eta=1.0),
     "heun": SamplerSpec(heun, "ve", "karras", model_calls=_heun_calls),
     "dpmpp_2m": SamplerSpec(dpmpp_2m, "ve", "karras"),
+    "consistency": SamplerSpec(consistency, "ve", "karras", model="consistency"),
 }
-SAMPLERS = tuple(SAMPLER_SPECS)
+SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.model == "diffusion")  # for any diffusion model
+ALL_SAMPLERS = tuple(SAMPLER_SPECS)  # ... and those for distilled students (a consistency model)
 VP_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.family == "vp")
 VE_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.family == "ve")
 ETA_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.eta is not None)
@@ -213,7 +227,7 @@ SAMPLER_FNS = {n: s.fn for n, s in SAMPLER_SPECS.items()}
 
 def sampler_spec(sampler: str) -> SamplerSpec:
     if sampler not in SAMPLER_SPECS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {ALL_SAMPLERS}")
     return SAMPLER_SPECS[sampler]
 
 

@@ -68,17 +68,19 @@ def evaluate(run, trained: Trained, device, bf16: bool) -> dict:
     except ValueError:
         split, ds = "train", AUDIO.dataset(run, "train")
     n = min(ev.n, len(ds))
+    fast = s["vocode"].steps  # 6, DiffWave's fast schedule (a distilled student: its own steps)
     methods = {f"diffwave_{k}": (trained, k, 0) for k in ev.steps}
-    methods.update({f"diffwave_6_consistency{c}": (trained, 6, c) for c in ev.consistency})
+    methods.update({f"diffwave_{fast}_consistency{c}": (trained, fast, c) for c in ev.consistency})
     if ev.consistency:  # the control: what the projection does on its own, with an untrained network
-        methods[f"untrained_6_consistency{max(ev.consistency)}"] = (_untrained_like(trained), 6, max(ev.consistency))
+        methods[f"untrained_{fast}_consistency{max(ev.consistency)}"] = (_untrained_like(trained), fast,
+                                                                          max(ev.consistency))
     per = {m: [] for m in [*methods, "griffin_lim"]}
     first = {}  # the first utterance's resyntheses, for samples/spectrograms.png
     for i in range(n):
         ref, mel, _ = ds[i]
         for name, (net, steps, consistency) in methods.items():
             t0 = time.perf_counter()
-            est = vocode(net, mel, steps, device, bf16, torch.Generator().manual_seed(i),
+            est = vocode(net, mel, steps, device, bf16, torch.Generator().manual_seed(i), sampler=s["vocode"].sampler,
                          chunk_frames=s["vocode"].chunk_frames, overlap=s["vocode"].overlap_frames,
                          consistency=consistency)
             secs = time.perf_counter() - t0
@@ -112,7 +114,7 @@ def _untrained_like(trained: Trained) -> Trained:
     fresh = AUDIO.build_model(trained.sections)
     if getattr(trained.model, "prior", None) is not None:
         fresh.prior.load_state_dict(trained.model.prior.state_dict())
-    return Trained(AUDIO, trained.sections, fresh, trained.checkpoint)
+    return Trained(trained.modality, trained.sections, fresh, trained.checkpoint)  # (a student samples as one)
 
 
 COLUMNS = {"method": "method", "log_mel_db": "log-mel distance (dB)", "mr_stft": "MR-STFT distance",

@@ -22,6 +22,7 @@ from ..metrics import psnr, ssim
 from ..metrics.video import frames_of, motion
 from ..modalities.base import Trained
 from ..pipelines.complete import METHODS, CompletionSampling, complete
+from ..utils import added_key
 from .tables import markdown_table, write_result
 from .video import frame_classifier, is_digit_video, real_clips
 
@@ -37,6 +38,7 @@ class PredictConfig(CompletionSampling):
     reconstruction_weight: float = 10.0
     unconditional_run: str = "runs/video_moving_digits"
     unconditional_recipe: str = "recipes/video_moving_digits"
+    unconditional_overrides: list[str] = added_key([])  # key=value overrides of that recipe (e.g. a plain model)
     tasks: list[str] = field(default_factory=lambda: ["prefix:4", "ends"])  # prefix:K | ends | frames e.g. 0,7
     methods: list[str] = field(default_factory=lambda: list(PREDICTION_METHODS))
     eval_n: int = 50
@@ -55,8 +57,9 @@ def task_mask(task: str, frames: int) -> torch.Tensor:
     return frames_mask(parse_known_frames(task, frames), frames)
 
 
-def evaluate(run, models: dict[str, Trained], device, bf16: bool) -> dict:
-    """models: "conditioned" (this run's) and, for the other methods, "plain"."""
+def evaluate(run, models: dict[str, Trained], device, bf16: bool, name: str = "eval") -> dict:
+    """models: "conditioned" (this run's) and, for the other methods, "plain"; writes RUN/<name>.json / .md
+    and samples/<name = eval: prediction, else name>.png / .gif."""
     p, T = run["predict"], run["data"].frames
     clips, labels = real_clips(build_video_dataset(run["data"], "test"), p.eval_n)
     clf = frame_classifier(run, *real_clips(build_video_dataset(run["data"], "train"))) if is_digit_video(run) else None
@@ -87,10 +90,10 @@ def evaluate(run, models: dict[str, Trained], device, bf16: bool) -> dict:
             run.log(f"[evaluate] {task}/{method}: psnr {row['psnr']:.2f} ssim {row['ssim']:.3f}"
                     + (f" labels {row['label_accuracy']:.3f}" if clf is not None else ""))
         panels.append(torch.cat(shown))
-    out = run.dir / "samples"
+    out, picture = run.dir / "samples", "prediction" if name == "eval" else name
     panel = torch.cat(panels)
-    save_frame_grid(panel, out / "prediction.png")
-    save_video_grid(panel, out / "prediction.gif", nrow=len(show), fps=run["sample"].fps)
+    save_frame_grid(panel, out / f"{picture}.png")
+    save_video_grid(panel, out / f"{picture}.gif", nrow=len(show), fps=run["sample"].fps)
     real_jerk = motion(clips)["jerk"] if T >= 3 else None
     result = {"rows": rows, "real_rows": real_rows, "clips": len(clips), "frames": T,
               "precision": "bf16" if bf16 else "fp32", "real_jerk": real_jerk,
@@ -99,7 +102,7 @@ def evaluate(run, models: dict[str, Trained], device, bf16: bool) -> dict:
     md = markdown_table(rows + real_rows, COLUMNS)
     if real_jerk is not None:
         md += f"\nReal clips: jerk {real_jerk:.3f} px/frame^2. PSNR/SSIM over the unknown frames only.\n"
-    return write_result(run.dir, result, md)
+    return write_result(run.dir, result, md, name)
 
 
 def _label_accuracy(clf, frames: torch.Tensor, labels: torch.Tensor) -> float:

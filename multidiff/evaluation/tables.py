@@ -22,9 +22,9 @@ def markdown_table(rows: list[dict], columns: dict[str, str | tuple[str, str]]) 
     return "\n".join(lines) + "\n"
 
 
-def write_result(run_dir, result: dict, markdown: str) -> dict:
-    """RUN/eval.json and RUN/eval.md; returns the stage's summary."""
-    path = Path(run_dir) / "eval.json"
+def write_result(run_dir, result: dict, markdown: str, name: str = "eval") -> dict:
+    """RUN/<name>.json and RUN/<name>.md (default eval.json, eval.md); returns the stage's summary."""
+    path = Path(run_dir) / f"{name}.json"
     write_json(path, result)
-    write_text(Path(run_dir) / "eval.md", markdown)
-    return {"eval": str(path)}
+    write_text(Path(run_dir) / f"{name}.md", markdown)
+    return {name: str(path)}

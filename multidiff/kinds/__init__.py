@@ -6,8 +6,14 @@ trained models are; the only package that knows both the modalities and their ev
     latent            [the autoencoder's own stages] -> prepare -> train -> sample -> evaluate
     autoencoder       prepare -> train -> scale -> evaluate
     audio             prepare -> train -> evaluate                 (vocoder or unconditional DiffWave)
-    video             prepare -> train -> sample -> evaluate       (frame-conditioned: prepare -> train)
+    video             prepare -> train -> sample -> evaluate [-> predict] [-> long_video, opt-in]
+                      (predict: a frame-conditioned model that also generates; one that only completes:
+                      prepare -> train)
     video_prediction  prepare -> train -> evaluate                 (trains its plain model's recipe first)
+    tts               prepare -> train -> [vocoder -> finetune_vocoder] -> sample -> evaluate  (text -> mel)
+
+A recipe whose [distill] steps are set gets a last stage, distill: few-step students of its model in
+RUN/students/ (kinds/distill.py; `multidiff distill RUN` makes them from any finished run).
 
 A run's models have roles: "plain" generates from noise (and fills with replace / repaint /
 reconstruction), "conditioned" takes the known part as input. Stages are idempotent
@@ -20,18 +26,22 @@ import importlib
 
 from ..engine.config import ConfigError
 from ..engine.distributed import DistInfo
-from ..engine.runs import Run, save_resolved
+from ..engine.runs import Run, load_run, save_resolved
 from ..modalities.base import Modality
 from ..modalities.sections import SampleConfig
 from ..pipelines.train import archive_training
 from .audio import AudioKind
 from .base import (TRAINING, Kind, ModelRef, Stage, StageSelection, bf16_of, load_role, run_stages, sample_stage_for,
                    train_stage)
+from .distill import distill as _distill, recipe_stages as distill_stages
 from .images import AUTOENCODER_KIND, ImageInpaintingKind, ImageKind, LatentKind
+from .pretrained import FOLDER_KIND, folder_sections, is_model_folder
 from .run_dir import check_run_dir, retrains
+from .tts import TTS_KIND
 from .video import VIDEO_KIND, VideoPredictionKind
 
-__all__ = ["KINDS", "Kind", "ModelRef", "Stage", "StageSelection", "kind_of", "run_recipe", "schema_of", "schemas"]
+__all__ = ["KINDS", "Kind", "ModelRef", "Stage", "StageSelection", "distill", "kind_of", "open_run", "run_recipe",
+           "schema_of", "schemas"]
 
 
 class ModalityKind(Kind):
@@ -70,7 +80,7 @@ def _import_modality(spec: str) -> Modality:
 
 # ---- the registry ------------------------------------------------------------------------------
 KINDS: dict[str, Kind] = {k.name: k for k in (ImageKind(), ImageInpaintingKind(), LatentKind(), AUTOENCODER_KIND,
-                                               AudioKind(), VIDEO_KIND, VideoPredictionKind())}
+                                               AudioKind(), VIDEO_KIND, VideoPredictionKind(), TTS_KIND)}
 
 
 def schemas() -> dict[str, dict[str, type]]:
@@ -92,8 +102,21 @@ def schema_of(info) -> dict[str, type]:
     return KINDS[info.kind].schema()
 
 
+# kinds of model folders opened as runs (no recipe, nothing to train): not in KINDS, whose kinds recipes name
+OPENED: dict[str, Kind] = {FOLDER_KIND.name: FOLDER_KIND}
+
+
 def kind_of(sections: dict) -> Kind:
-    return KINDS[sections["recipe"].kind]
+    name = sections["recipe"].kind
+    return KINDS[name] if name in KINDS else OPENED[name]
+
+
+def open_run(run_dir) -> dict:
+    """The config of a run directory -- or of a pretrained diffusers model folder, opened as a run
+    (kinds/pretrained.py): what `multidiff sample` and `multidiff inpaint` read."""
+    if is_model_folder(run_dir):
+        return folder_sections(run_dir)
+    return load_run(run_dir, schema_of)
 
 
 def run_recipe(run: Run, dist: DistInfo, resume: bool, selection: StageSelection | None = None,
@@ -112,5 +135,12 @@ def run_recipe(run: Run, dist: DistInfo, resume: bool, selection: StageSelection
             if kept:
                 run.log(f"[train] --force: the previous training and its config.toml are kept in {kept}")
         save_resolved(run.dir, run.sections)
-    run_stages(run, kind.stages(run, dist, resume), dist, sel, f"a {kind.name} recipe",
-               ready=write_config if run.main else None)
+    stages = kind.stages(run, dist, resume)
+    stages += distill_stages(kind, run, stages, dist, resume, schema_of, kind_of)  # when [distill] steps are set
+    run_stages(run, stages, dist, sel, f"a {kind.name} recipe", ready=write_config if run.main else None)
+
+
+def distill(run_dir, out, method, steps, overrides, dist: DistInfo, resume: bool = False,
+            selection: StageSelection | None = None) -> dict:
+    """`multidiff distill`: few-step students of a trained run (kinds/distill.py); {steps: student run directory}."""
+    return _distill(run_dir, out, method, steps, overrides, dist, resume, selection, schema_of, kind_of)

@@ -14,6 +14,7 @@ from ..engine.run_lock import run_lock
 from ..engine.runs import Run, load_recipe, save_resolved, section_hash
 from ..modalities.base import Modality, Trained, load_trained
 from ..modalities.image import IMAGE
+from ..modalities.student import StudentModality, is_student, student_completion, student_identity
 from ..pipelines.complete import CompletionSampling
 from ..pipelines.generate import sample_stage
 from ..pipelines.train import archive_training, train_model
@@ -30,6 +31,7 @@ class Stage:
     ranks: str = "all"            # all (training) | main (rank 0 only) | main+wait (rank 0, the others wait for it)
     reset: Callable[[], object] | None = None   # what --force does first (train: keep the old weights aside)
     run: Run | None = None        # the Run whose sections its hash is taken of (default: the recipe's)
+    opt_in: bool = False          # runs only when named by --stage or --force (a long, optional measurement)
 
 
 @dataclass
@@ -47,6 +49,10 @@ class ModelRef:
     sections: dict
     run_dir: Path
     before_load: Callable[[], None] | None = None   # e.g. the check that a latent model's autoencoder is unchanged
+
+    def __post_init__(self):
+        if is_student(self.sections):  # a distilled student samples on its own levels (modalities/student.py)
+            self.modality = StudentModality(self.modality, self.sections)
 
     def load(self) -> Trained:
         if self.before_load is not None:
@@ -75,22 +81,27 @@ class Kind:
     def weights_identity(self, sections: dict) -> str:
         """What a run's trained weights depend on in its config (not [train]: more steps resume the same weights);
         a config that changes it no longer describes them (kinds/run_dir.py refuses to write it over them)."""
-        return f"{self.name}:{self.base.fingerprint(sections)}:{section_hash(sections, self.weights_keys)}"
+        return (f"{self.name}:{self.base.fingerprint(sections)}:{section_hash(sections, self.weights_keys)}"
+                + student_identity(sections))  # a distilled student: its teacher's checkpoint too
 
     def stages(self, run: Run, dist: DistInfo, resume: bool) -> list[Stage]:
         raise NotImplementedError
 
     def roles(self, sections: dict) -> tuple[str, ...]:
-        return ("conditioned",) if self.base.conditioned(sections) else ("plain",)
+        """"conditioned" takes the known part as input; "plain" generates from noise (a conditioned model
+        trained with nothing known too has both roles: one model for generation and completion)."""
+        if not self.base.conditioned(sections):
+            return ("plain",)
+        return ("conditioned", "plain") if self.base.generates(sections) else ("conditioned",)
 
     def model(self, run_dir, sections: dict, role: str, device=None, bf16: bool = False) -> ModelRef:
         return ModelRef(self.modality(sections, device, bf16), sections, Path(run_dir))
 
     def default_method(self, sections: dict) -> str:
-        return "conditioned" if self.roles(sections) == ("conditioned",) else self.base.default_completion
+        return "conditioned" if self.roles(sections)[:1] == ("conditioned",) else self.base.default_completion
 
     def completion_config(self, sections: dict) -> CompletionSampling:
-        return sections.get(self.completion_section) or CompletionSampling()
+        return student_completion(sections.get(self.completion_section) or CompletionSampling(), sections)
 
 
 def bf16_of(run: Run, dist: DistInfo) -> bool:
@@ -125,11 +136,11 @@ def only_kind(kind: "Kind", what: str):
 
 
 def train_first(run: Run, recipe, run_dir: Path, kind: "Kind", dist: DistInfo, resume: bool, what: str,
-                stages=None, check=None) -> None:
-    """Train another recipe of `kind` into `run_dir` first: a model this run needs that does not exist yet
-    (a latent run's autoencoder, a prediction run's plain model). `stages(run, dist, resume)` defaults to
-    all of the kind's; `check(sections)` may refuse the recipe."""
-    file, sections = load_recipe(recipe, [], only_kind(kind, what))
+                stages=None, check=None, overrides=()) -> None:
+    """Train another recipe of `kind` (with key=value `overrides`) into `run_dir` first: a model this run
+    needs that does not exist yet (a latent run's autoencoder, a prediction run's plain model).
+    `stages(run, dist, resume)` defaults to all of the kind's; `check(sections)` may refuse the recipe."""
+    file, sections = load_recipe(recipe, list(overrides), only_kind(kind, what))
     if check is not None:
         check(file, sections)
     kind.check(sections)
@@ -169,10 +180,13 @@ def run_stages(run: Run, stages: list[Stage], dist: DistInfo, selection: StageSe
     last_wanted = max((names.index(n) for n in sel.only), default=len(names))
     forcing, plan = False, []
     for i, st in enumerate(stages):
-        if st.name in sel.skip or (sel.only and st.name not in sel.only):
-            if sel.only and i < last_wanted and not (st.run or run).is_done(st.name, st.depends_on):
+        named = st.name in sel.only or st.name in sel.force
+        if st.name in sel.skip or (sel.only and st.name not in sel.only) or (st.opt_in and not named):
+            if sel.only and i < last_wanted and not st.opt_in and not (st.run or run).is_done(st.name, st.depends_on):
                 raise ConfigError(f"stage '{st.name}' has not run with this config yet, and --stage "
                                   f"{' '.join(sel.only)} needs it: add --stage {st.name}, or leave out --stage")
+            if st.opt_in and forcing and run.main:  # what it measured is stale: it runs again when next asked for
+                ((st.run or run).dir / "stages" / f"{st.name}.json").unlink(missing_ok=True)
             continue
         forcing = forcing or st.name in sel.force
         plan.append((st, forcing))

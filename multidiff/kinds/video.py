@@ -1,5 +1,10 @@
 """The video kinds: generation (pixels or an autoencoder's latents, frame by frame), and prediction /
-interpolation with a frame-conditioned model compared against a plain model's completion."""
+interpolation with a frame-conditioned model compared against a plain model's completion.
+
+A video run whose frame-conditioned model was trained with the "none" pattern too (MCVD-style, the
+default of recipes/video_moving_digits) is one model for every job: its stages are prepare, train,
+sample, evaluate (generation), predict (prediction and interpolation by the same model), and the
+opt-in long_video (drift over clips longer than the trained ones: `--stage long_video`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +12,7 @@ from pathlib import Path
 from ..engine.config import ConfigError
 from ..engine.distributed import DistInfo
 from ..engine.runs import Run, load_run
+from ..evaluation import long_video as long_video_eval
 from ..evaluation import prediction as prediction_eval
 from ..evaluation import video as video_eval
 from ..modalities.autoencoder import load_autoencoder
@@ -25,7 +31,8 @@ class VideoKind(Kind):
     weights_keys = ("latent",)  # pixels or which autoencoder's latents
 
     def schema(self):
-        return {**VIDEO.schema(), "sample": VideoSampleConfig, "eval": video_eval.VideoEvalConfig}
+        return {**VIDEO.schema(), "sample": VideoSampleConfig, "eval": video_eval.VideoEvalConfig,
+                "predict": prediction_eval.PredictConfig, "long_video": long_video_eval.LongVideoConfig}
 
     def modality(self, sections, device=None, bf16=False):
         path = sections["latent"].autoencoder
@@ -53,11 +60,20 @@ class VideoKind(Kind):
 
     def stages(self, run, dist, resume):
         stages = self.train_stages(run, dist, resume)
-        if VIDEO.conditioned(run.sections):
-            return stages  # a frame-conditioned model is sampled and scored by the prediction recipe
-        return stages + [sample_stage_for(self, run, dist, self.TRAINING),
-                         Stage("evaluate", self.TRAINING + ["sample", "eval"], lambda: video_eval.evaluate(
-                             run, load_role(self, run, dist), dist.device, bf16_of(run, dist)), "main")]
+        if not VIDEO.generates(run.sections):
+            return stages  # a model that only completes clips is sampled and scored by the prediction recipe
+        dev, bf16 = dist.device, bf16_of(run, dist)
+        stages += [sample_stage_for(self, run, dist, self.TRAINING),
+                   Stage("evaluate", self.TRAINING + ["sample", "eval"], lambda: video_eval.evaluate(
+                       run, load_role(self, run, dist), dev, bf16), "main")]
+        if VIDEO.conditioned(run.sections):  # the same model predicts and interpolates, scored as the prediction recipe
+            def predict():
+                model = load_role(self, run, dist)
+                return prediction_eval.evaluate(run, {"conditioned": model, "plain": model}, dev, bf16,
+                                                name="predict")
+            stages.append(Stage("predict", self.TRAINING + ["predict"], predict, "main"))
+        return stages + [Stage("long_video", self.TRAINING + ["sample", "long_video"], lambda: long_video_eval.evaluate(
+            run, load_role(self, run, dist), dev, bf16), "main", opt_in=True)]
 
 
 class VideoPredictionKind(VideoKind):
@@ -105,10 +121,10 @@ def plain_sections(run_dir: Path, sections: dict) -> dict:
                           f"(multidiff train {sections['predict'].unconditional_recipe or 'RECIPE'} --out {run_dir})")
     theirs = load_run(run_dir, only_kind(VIDEO_KIND, f"predict.unconditional_run '{run_dir}'"))
     diff = [k for k in ("frames", "size", "channels") if getattr(sections["data"], k) != getattr(theirs["data"], k)]
-    if theirs["recipe"].kind != "video" or VIDEO.conditioned(theirs) or diff:
-        raise ConfigError(f"predict.unconditional_run '{run_dir}' does not fit this recipe: it must be a plain video "
-                          "run on clips like this recipe's"
-                          + (f" (data.{', data.'.join(diff)} differ)" if diff else ""))
+    if theirs["recipe"].kind != "video" or not VIDEO.generates(theirs) or diff:
+        raise ConfigError(f"predict.unconditional_run '{run_dir}' does not fit this recipe: it must be a video run "
+                          "that generates (plain, or frame-conditioned with the \"none\" pattern) on clips like this "
+                          "recipe's" + (f" (data.{', data.'.join(diff)} differ)" if diff else ""))
     return theirs
 
 
@@ -119,11 +135,11 @@ def ensure_plain_video(run: Run, dist: DistInfo, resume: bool) -> None:
     if has_trained_model(run_dir) or not p.unconditional_recipe:
         return  # (without a recipe, plain_sections() says what to do)
     def plain(file, sections):
-        if VIDEO.conditioned(sections):
-            raise ConfigError(f"predict.unconditional_recipe '{file}' must be a plain video recipe (no "
-                              "video.known_patterns)")
+        if not VIDEO.generates(sections):
+            raise ConfigError(f"predict.unconditional_recipe '{file}' must be a video recipe that generates (no "
+                              "video.known_patterns, or patterns with \"none\")")
     train_first(run, p.unconditional_recipe, run_dir, VIDEO_KIND, dist, resume, "predict.unconditional_recipe",
-                stages=VIDEO_KIND.train_stages, check=plain)
+                stages=VIDEO_KIND.train_stages, check=plain, overrides=p.unconditional_overrides)
 
 
 

@@ -13,11 +13,12 @@ from data_prep import espeak_corpus
 from ..core import Schedule
 from ..data.audio import AudioData, AudioDataError, build_audio_dataset, read_audio, write_wav
 from ..data.mel import MelConfig, mel_spectrogram, silence_mel
+from ..data.mel_check import check_vocoder_mel
 from ..engine.config import ConfigError
 from ..models.diffwave import DiffWave, DiffWaveConfig, MelEnergyPrior, MelEnvelopePrior, NoisePriorModel
 from ..outputs import OutputSpec
 from ..utils import added_key, read_npy
-from .base import Known, Modality
+from .base import Known, Modality, Prepared
 from .image import is_folder
 from .sections import SampleConfig, batch_loss
 
@@ -99,6 +100,11 @@ class AudioTask:
         return torch.stack(audio), torch.stack(mels)
 
     def loss(self, net, batch, rand):
+        p = self.prepare_batch(batch, rand)
+        return batch_loss(net, self.s["diffusion"], self.sched, p.x0, rand, p.cond, **p.loss_kw)
+
+    def prepare_batch(self, batch, rand) -> Prepared:
+        """The micro-batch as the loss sees it (crops, mels, labels, the noise prior), from the step's draws."""
         offsets = rand.rand()
         if self.frames > 0:
             audio, mel = self.crop(batch, offsets)
@@ -113,7 +119,7 @@ class AudioTask:
             prior = dict(noise_color=lambda z: self.prior.color(z, mel), error_map=lambda r: self.prior.whiten(r, mel))
         if self.s["model"].num_classes:
             cond["y"] = torch.tensor([y for _, _, y in batch], device=self.device)
-        return batch_loss(net, self.s["diffusion"], self.sched, audio, rand, cond, **prior)
+        return Prepared(audio, cond, prior)
 
     def preview(self, model, path: Path) -> None:
         return None  # audio previews are the evaluate stage's WAVs
@@ -280,6 +286,7 @@ class AudioModality(Modality):
                                   f"{cfg.sample_rate} Hz)")
             if not bool(torch.isfinite(mel).all()):
                 raise ConfigError(f"mel '{path}' holds NaN or inf values")
+            check_vocoder_mel(mel, cfg, f"mel '{path}'")  # another tool's convention: one message, not noise
             return mel
         wav = read_audio(path, sections["data"].sample_rate)
         return mel_spectrogram(wav, cfg)

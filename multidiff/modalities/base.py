@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -25,10 +25,10 @@ from ..engine.precision import InferenceModel
 from ..engine.runs import section_hash
 from ..engine.trainer import TrainConfig
 from ..outputs import OutputSpec
-from .sections import DiffusionConfig, SampleConfig
+from .sections import DiffusionConfig, DistillConfig, SampleConfig
 
 # the sections every diffusion modality reads, beside its own [data] and [model]
-COMMON_SECTIONS = {"diffusion": DiffusionConfig, "train": TrainConfig}
+COMMON_SECTIONS = {"diffusion": DiffusionConfig, "train": TrainConfig, "distill": DistillConfig}
 
 
 class Modality:
@@ -62,6 +62,25 @@ class Modality:
 
     def conditioned(self, sections: dict) -> bool:
         """True for a model that takes the known part as extra input (mask- or frame-conditioned)."""
+        return False
+
+    def generates(self, sections: dict) -> bool:
+        """True for a model that draws from noise alone: a plain one, or a conditioned one trained with
+        nothing known too (a video model with the "none" known-frame pattern, MCVD-style)."""
+        return not self.conditioned(sections)
+
+    def generation_cond(self, sections: dict, shape: tuple) -> dict:
+        """Model inputs that plain generation of a batch of `shape` (model space) needs besides the noise:
+        a conditioned model that generates is told that nothing is known (an all-zero mask)."""
+        return {}
+
+    def block_length(self, sections: dict) -> int | None:
+        """Frames (along axis 2 of [B, C, T, ...]) of the windows the model was trained on, where longer
+        signals are made window by window (pipelines/extend.py); None: not extended that way."""
+        return None
+
+    def continues(self, sections: dict) -> bool:
+        """True for a model trained to continue from known leading frames given as input."""
         return False
 
     def check_latent(self, view: dict, sections: dict, codec) -> None:
@@ -111,6 +130,11 @@ class Modality:
         None where the model's data is not bounded to [-1, 1] (latents) or clamping is not wanted."""
         return 1.0
 
+    def build_denoiser(self, sections: dict, model) -> Denoiser:
+        """The samplers' view of `model(x_in, c_noise, **cond)`: [diffusion]'s objective (a distilled consistency
+        student's view is its consistency function, modalities/student.py)."""
+        return sections["diffusion"].build_denoiser(model)
+
     def sample_extras(self, model: torch.nn.Module, cond: dict | None, device) -> dict:
         """Further `sample()` keywords a model needs, e.g. the noise coloring of a noise prior."""
         return {}
@@ -128,7 +152,7 @@ class Modality:
     # ---- the command line's inputs and outputs ---------------------------------------------
     def generation_refusal(self, sections: dict, run_dir) -> str | None:
         """Why `multidiff sample` cannot draw from this model (it needs an input), or None."""
-        if self.conditioned(sections):
+        if not self.generates(sections):
             return f"'{run_dir}' holds a model conditioned on known parts: use `multidiff inpaint` with it"
         return None
 
@@ -160,9 +184,22 @@ class Modality:
     def write_completed(self, x: torch.Tensor, out: str, sections: dict, known: "Known", request) -> str:
         raise NotImplementedError
 
+    def read_still(self, request, sections: dict, frames: int) -> "Known":
+        """`multidiff animate`: the still (request.image) as frame 0 of a clip of `frames`, mask = frame 0."""
+        raise ValueError(f"a {self.name} run cannot animate a still image: `multidiff animate` needs a video run")
+
     def completed_output(self, sections: dict) -> OutputSpec | None:
         """What write_completed writes (as sample_output)."""
         return None
+
+
+class Prepared(NamedTuple):
+    """A training micro-batch as a task prepares it for the loss (crops, latents, labels, masks, a noise prior):
+    clean signals x0 [B, C, *dims], the model's `cond` inputs, and the loss keywords of sections.batch_loss
+    (noise_color / error_map of a noise prior). The plain loss and distillation (pipelines/distill.py) share it."""
+    x0: torch.Tensor
+    cond: dict
+    loss_kw: dict
 
 
 @dataclass
@@ -186,7 +223,7 @@ class Trained:
         return self.modality.num_classes(self.sections)
 
     def denoiser(self, device, bf16: bool) -> Denoiser:
-        return self.sections["diffusion"].build_denoiser(InferenceModel(self.model, device, bf16))
+        return self.modality.build_denoiser(self.sections, InferenceModel(self.model, device, bf16))
 
     def sample(self, den: Denoiser, noise: torch.Tensor, generator, cond: dict | None, device, **kw) -> torch.Tensor:
         """core.sample with what this model needs besides (noise prior coloring)."""

@@ -11,7 +11,8 @@ from ..data.masks import MASK_KINDS, load_mask, make_mask, random_masks
 from ..engine.config import ConfigError
 from ..models.unet2d import UNet2D, UNet2DConfig
 from ..outputs import OutputSpec
-from .base import Known, Modality, split_summary
+from .base import Known, Modality, Prepared, split_summary
+from .image_crop import CroppedKnown, read_cropped, write_cropped
 from .sections import batch_loss
 
 
@@ -56,6 +57,11 @@ class ImageTask:
         self.mask_kinds, self.latent, self._preview = mask_kinds, latent, preview
 
     def loss(self, net, batch, rand):
+        p = self.prepare_batch(batch, rand)
+        return batch_loss(net, self.s["diffusion"], self.sched, p.x0, rand, p.cond, **p.loss_kw)
+
+    def prepare_batch(self, batch, rand) -> Prepared:
+        """The micro-batch as the loss sees it (latents, flips, labels, masks), from the step's draws."""
         x0, y = batch
         x0 = x0.to(self.device)
         if self.latent is not None:
@@ -75,7 +81,7 @@ class ImageTask:
             if self.latent is not None:
                 m = self.latent.downsample_mask(m)
             cond["concat"] = torch.cat([m, x0 * m], 1).contiguous(memory_format=torch.channels_last)
-        return batch_loss(net, self.s["diffusion"], self.sched, x0, rand, cond)
+        return Prepared(x0, cond, {})
 
     def preview(self, model, path: Path) -> None:
         if self._preview is not None and not self.mask_kinds:  # a conditioned model needs images to fill
@@ -168,6 +174,10 @@ class ImageModality(Modality):
     def read_known(self, request, sections: dict) -> Known:
         if not request.image or not (request.mask or request.mask_kind):
             raise ConfigError("image inpainting needs --image and --mask or --mask-kind")
+        if getattr(request, "crop_to_mask", False):  # a crop around the hole of the full-resolution picture
+            if request.mask:
+                check_mask_fits(request.mask, request.image, request.resize_mask)
+            return read_cropped(request, sections)
         size, C = sections["data"].size, sections["data"].channels
         known = load_image(request.image, size, C)[None]
         if request.mask:
@@ -181,6 +191,8 @@ class ImageModality(Modality):
         return Known(known, mask, f"{int((mask == 0).sum())} of {size * size} pixels filled")
 
     def write_completed(self, x, out: str, sections: dict, known: Known, request) -> str:
+        if isinstance(known, CroppedKnown):
+            return write_cropped(x, out, known)
         save_image_grid(x, out, padding=0)
         return str(out)
 

@@ -121,6 +121,18 @@ class LatentModality(Modality):
     def conditioned(self, sections: dict) -> bool:
         return self.inner.conditioned(sections)
 
+    def generates(self, sections: dict) -> bool:
+        return self.inner.generates(sections)
+
+    def generation_cond(self, sections: dict, shape: tuple) -> dict:
+        return self.inner.generation_cond(self.view(sections), shape)
+
+    def block_length(self, sections: dict):
+        return self.inner.block_length(sections)
+
+    def continues(self, sections: dict) -> bool:
+        return self.inner.continues(sections)
+
     def prepare(self, run) -> dict:
         return self.inner.prepare(run)
 
@@ -169,6 +181,9 @@ class LatentModality(Modality):
 
     def write_completed(self, x, out, sections, known, request) -> str:
         return self.inner.write_completed(x, out, sections, known, request)
+
+    def read_still(self, request, sections: dict, frames: int) -> Known:
+        return self.inner.read_still(request, sections, frames)
 
     # ---- the cache of an image split's posterior moments ---------------------------------------
     def cached_split(self, run, split: str, dist=None):

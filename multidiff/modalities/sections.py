@@ -1,13 +1,13 @@
-"""The [diffusion] and [sample] sections every recipe shares, and the training loss of one batch."""
+"""The [diffusion], [sample] and [distill] sections every recipe shares, and the training loss of one batch."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
 from ..core.denoiser import Denoiser
 from ..core.objectives import LOSS_TYPES, PREDICTIONS, T_SAMPLINGS, WEIGHTINGS, Objective, build_objective
-from ..core.samplers import SAMPLERS
+from ..core.samplers import ALL_SAMPLERS
 from ..core.schedule import SCHEDULES, SPACINGS, EDMSchedule, FlowSchedule, Schedule
 from ..utils import added_key
 
@@ -105,8 +105,8 @@ class SampleConfig:
     clip_x0: float = 1.0            # clamp clean estimates to [-c, c] (data lives in [-1, 1]); 0 = off
 
     def __post_init__(self):
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sample.sampler = {self.sampler!r} is not one of {SAMPLERS}")
+        if self.sampler not in ALL_SAMPLERS:
+            raise ValueError(f"sample.sampler = {self.sampler!r} is not one of {ALL_SAMPLERS}")
         if self.spacing not in SPACINGS:
             raise ValueError(f"sample.spacing = {self.spacing!r} is not one of {SPACINGS}")
 
@@ -116,6 +116,51 @@ class SampleConfig:
         if self.eta >= 0:
             kw["eta"] = self.eta
         return kw
+
+
+DISTILL_METHODS = ("progressive", "consistency")
+CONSISTENCY_ODES = ("heun", "euler")
+
+
+@dataclass
+class DistillConfig:
+    """The [distill] section: few-step students of the run's model (pipelines/distill.py, kinds/distill.py).
+    In a recipe, `steps` lists the students `multidiff train` distills after training (empty: none; `multidiff
+    distill RUN` makes them from any trained run); in a student's own run it says how the student was made:
+    `teacher` is then set, and `steps` holds the step counts it was distilled for."""
+    method: str = "progressive"     # progressive (Salimans & Ho 2022) | consistency (Song et al. 2023)
+    steps: list[int] = field(default_factory=list)
+    guidance: float = -1.0          # classifier-free guidance distilled in (class-conditional); < 0: [sample]'s
+    start_steps: int = 64           # progressive: the teacher's DDIM steps the first round's student halves
+    round_steps: int = 0            # optimizer steps per progressive round / of consistency; 0: train.steps / 3
+    lr: float = 0.0                 # 0: half of train.lr
+    warmup_steps: int = 20
+    grid: int = 18                  # consistency: Karras levels of the teacher's ODE (N of Song et al.: 18)
+    ode: str = "heun"               # consistency: the teacher's step between neighbouring levels: heun | euler
+    target_ema: float = 0.95        # consistency: EMA decay of the target network (mu)
+    teacher: str = ""               # a student: the run it was distilled from (its previous round, for progressive)
+    teacher_checkpoint: str = ""    # a student: that run's checkpoint and the sha256 of its EMA weights
+
+    def __post_init__(self):
+        if self.method not in DISTILL_METHODS:
+            raise ValueError(f"distill.method = {self.method!r} is not one of {DISTILL_METHODS}")
+        if self.ode not in CONSISTENCY_ODES:
+            raise ValueError(f"distill.ode = {self.ode!r} is not one of {CONSISTENCY_ODES}")
+        bad = [n for n in self.steps if n < 1]
+        if bad or len(set(self.steps)) != len(self.steps):
+            raise ValueError(f"distill.steps = {self.steps}: give distinct step counts >= 1, e.g. [4, 2, 1]")
+        for name in ("start_steps", "grid"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"distill.{name} must be >= 2, got {getattr(self, name)}")
+        for name in ("round_steps", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.lr >= 0 and self.lr < float("inf")):
+            raise ValueError(f"distill.lr must be >= 0 (0: half of train.lr), got {self.lr}")
+        if not 0 <= self.target_ema < 1:
+            raise ValueError(f"distill.target_ema must be in [0, 1), got {self.target_ema}")
+        if self.guidance != self.guidance or self.guidance == float("inf"):
+            raise ValueError(f"distill.guidance must be a finite number, got {self.guidance}")
 
 
 def batch_loss(net, cfg: DiffusionConfig, sched: Schedule, x0: torch.Tensor, rand, cond: dict | None = None,

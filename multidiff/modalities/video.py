@@ -1,7 +1,9 @@
 """Video: the factorised space-time U-Net on clips [C, T, size, size] in [-1, 1] (Moving-digits,
-a folder of clips, UCF-101), optionally class-conditional, with joint image-video training, or
-frame-conditioned for prediction and interpolation ([video] known_patterns: the model then takes
-[known-frame mask, known frames] as extra input channels)."""
+a folder of clips, UCF-101), optionally class-conditional, with joint image-video training, and
+frame-conditioned ([video] known_patterns: the model then takes [known-frame mask, known frames] as
+extra input channels). Trained with the patterns none / prefix / ends (MCVD, Voleti et al. 2022) one
+model generates (all-zero mask), predicts, interpolates, animates a still and extends clips block by
+block (pipelines/extend.py)."""
 from __future__ import annotations
 
 import json
@@ -10,16 +12,18 @@ from pathlib import Path
 
 import torch
 
-from data_prep import PrepError, moving_digits, ucf101
+from data_prep import PrepError, moving_digits, ucf101, videos
 
 from ..data.frame_masks import PATTERNS, frames_mask, parse_known_frames, random_frame_masks
+from ..data.still import load_still
 from ..data.video import VideoData, build_video_dataset, read_video, save_video_grid, write_video
 from ..data.video_write import save_clips, save_frame_grid
 from ..engine.config import ConfigError
 from ..engine.runs import section_hash
 from ..models.unet3d import UNet3D, UNet3DConfig
 from ..outputs import OutputSpec
-from .base import Known, Modality, split_summary
+from ..utils import added_key
+from .base import Known, Modality, Prepared, split_summary
 from .image import grid_rows, is_folder
 from .sections import SampleConfig, batch_loss
 
@@ -28,23 +32,30 @@ from .sections import SampleConfig, batch_loss
 class VideoPrepConfig:
     """The [prep] section: how `prepare` makes the data when data.root is missing."""
     build: str = ""              # "" = the data must exist | "moving_digits": data_prep.moving_digits
+                                 # | "videos": your own clips in `source`, cut by data_prep.videos
     n: int = 1000                # train clips
     n_test: int = 200
     frames: int = 16             # frames per written clip (>= data.frames; clips are cut from them)
     digits: str = "1"            # 1 (labelled by class folder) | 2 | 1-2
     digit_size: int = 0          # 0 = data.size * 28 / 64 (Moving MNIST's proportion)
     seed: int = 0
+    source: str = added_key("")  # build = "videos": the folder of your clips (or of one subfolder per class)
+    fps: float = added_key(0.0)  # build = "videos": resample to this rate (0 = each video's own)
 
     def __post_init__(self):
-        if self.build not in ("", "moving_digits"):
-            raise ValueError(f"prep.build must be '' or 'moving_digits', got {self.build!r}")
+        if self.build not in ("", "moving_digits", "videos"):
+            raise ValueError(f"prep.build must be '', 'moving_digits' or 'videos', got {self.build!r}")
+        if self.build == "videos" and not self.source:
+            raise ValueError('prep.build = "videos" needs prep.source: the folder of your video clips')
 
 
 @dataclass
 class VideoTrainConfig:
     """The [video] section: what the model learns besides plain clips."""
     image_frames: int = 0        # joint image-video training: independent frames appended to each clip
-    known_patterns: list[str] = field(default_factory=list)  # frame-conditioned model: prefix | ends | none
+    # frame-conditioned model: prefix | ends | none, drawn uniformly per clip (repeat one to weight it);
+    # with "none" it also generates from noise alone
+    known_patterns: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         bad = [p for p in self.known_patterns if p not in PATTERNS]
@@ -81,6 +92,11 @@ class VideoTask:
         self._preview = preview
 
     def loss(self, net, batch, rand):
+        p = self.prepare_batch(batch, rand)
+        return batch_loss(net, self.s["diffusion"], self.sched, p.x0, rand, p.cond, **p.loss_kw)
+
+    def prepare_batch(self, batch, rand) -> Prepared:
+        """The micro-batch as the loss sees it (latents, appended images, labels, known frames)."""
         x0, y = batch
         x0 = x0.to(self.device)
         if self.latent is not None:
@@ -92,11 +108,12 @@ class VideoTask:
         if video.image_frames:
             x0, cond["frame_mask"] = self._append_images(x0, rand, video.image_frames)
         x0 = x0.contiguous(memory_format=torch.channels_last_3d)
-        if video.known_patterns:
+        if video.known_patterns:  # over the clip's T frames; appended independent images are never known
             m = random_frame_masks(B, T, video.known_patterns, rand.rand(2).cpu()).to(x0)
-            cond["concat"] = torch.cat([m.expand(B, 1, T, H, W), x0 * m], 1).contiguous(
+            m = torch.cat([m, m.new_zeros(B, 1, x0.shape[2] - T, 1, 1)], 2)
+            cond["concat"] = torch.cat([m.expand(B, 1, x0.shape[2], H, W), x0 * m], 1).contiguous(
                 memory_format=torch.channels_last_3d)
-        return batch_loss(net, self.s["diffusion"], self.sched, x0, rand, cond)
+        return Prepared(x0, cond, {})
 
     def _append_images(self, x0, rand, k: int):
         """Joint image-video training (Ho et al. 2022): k frames per clip, each taken from a random clip
@@ -112,8 +129,9 @@ class VideoTask:
         return x, mask
 
     def preview(self, model, path: Path) -> None:
-        if self._preview is not None and not self.s["video"].known_patterns:
-            self._preview(model, path)  # a frame-conditioned model needs frames to complete: the evaluation shows those
+        patterns = self.s["video"].known_patterns
+        if self._preview is not None and (not patterns or "none" in patterns):
+            self._preview(model, path)  # a model that only completes needs frames: the evaluation shows those
 
 
 # what write_video / save_video_grid write, and .png: every frame of every clip in one picture
@@ -149,9 +167,6 @@ class VideoModality(Modality):
             why = (f"video.known_patterns = {video.known_patterns} makes a frame-conditioned model (mask + known "
                    "frames)" if extra else "video.known_patterns is empty (no frame conditioning)")
             raise ConfigError(f"model.extra_in_channels = {model.extra_in_channels} but {why}: set it to {extra}")
-        if video.known_patterns and video.image_frames:
-            raise ConfigError("video.image_frames (joint image-video training) and video.known_patterns (frame "
-                              "conditioning) cannot be combined; set one of them to its default")
         if video.known_patterns and data.frames < 2:
             raise ConfigError(f"frame-conditioned training needs data.frames >= 2, got {data.frames}")
 
@@ -163,6 +178,20 @@ class VideoModality(Modality):
 
     def conditioned(self, sections: dict) -> bool:
         return bool(sections["video"].known_patterns)
+
+    def generates(self, sections: dict) -> bool:
+        return not self.conditioned(sections) or "none" in sections["video"].known_patterns
+
+    def generation_cond(self, sections: dict, shape: tuple) -> dict:
+        if not self.conditioned(sections):
+            return {}
+        return {"concat": torch.zeros(shape[0], shape[1] + 1, *shape[2:])}  # mask 0: no frame known
+
+    def block_length(self, sections: dict) -> int:
+        return sections["data"].frames
+
+    def continues(self, sections: dict) -> bool:
+        return "prefix" in sections["video"].known_patterns
 
     def prepare(self, run) -> dict:
         d, p = run["data"], run["prep"]
@@ -176,6 +205,16 @@ class VideoModality(Modality):
             except PrepError as e:
                 raise ConfigError(str(e)) from None
             run.log(f"[prepare] moving digits: {made['written']} clips written to {root}")
+        elif p.build == "videos":
+            if p.frames < d.frames:
+                raise ConfigError(f"prep.frames = {p.frames} is shorter than data.frames = {d.frames}")
+            try:
+                made = videos.build(p.source, root, size=d.size, frames=p.frames, fps=p.fps, channels=d.channels,
+                                    progress=run.main)
+            except PrepError as e:
+                raise ConfigError(str(e)) from None
+            run.log(f"[prepare] {made['videos']} videos of '{p.source}': {made['train']} train / {made['test']} test "
+                    f"clips in {root} ({len(made['left_out'])} left out, see {root / 'manifest.json'})")
         elif d.layout == "ucf101" and not (root / "splits" / "classes.txt").is_file():
             try:  # validates the download (saying where to get it when it is missing) and writes the split lists
                 report = ucf101.prepare(root, progress=run.main)
@@ -204,9 +243,10 @@ class VideoModality(Modality):
         return d.channels, T, d.size, d.size
 
     def generation_refusal(self, sections: dict, run_dir) -> str | None:
-        if self.conditioned(sections):
-            return (f"'{run_dir}' holds a frame-conditioned model: use `multidiff inpaint {run_dir} --input clip.mp4 "
-                    "--known-frames 0:4 --out pred.mp4` with it")
+        if not self.generates(sections):
+            return (f"'{run_dir}' holds a frame-conditioned model trained without the \"none\" known-frame pattern, "
+                    f"so it needs known frames: use `multidiff inpaint {run_dir} --input clip.mp4 --known-frames 0:4 "
+                    f"--out pred.mp4` or `multidiff animate {run_dir} --image still.png --out clip.mp4` with it")
         return None
 
     def generation_length(self, sections: dict, request) -> int | None:
@@ -261,6 +301,14 @@ class VideoModality(Modality):
         else:
             write_video(x[0], out, fps=request.fps or sections["sample"].fps)
         return str(out)
+
+    def read_still(self, request, sections: dict, frames: int) -> Known:
+        d = sections["data"]
+        still, notes = load_still(request.image, d.size, d.channels)
+        clip = torch.zeros(1, d.channels, frames, d.size, d.size)
+        clip[:, :, 0] = still
+        return Known(clip, frames_mask([0], frames),
+                     f"frame 0 is '{request.image}'" + "".join(f"; {n}" for n in notes))
 
 
 VIDEO = VideoModality()

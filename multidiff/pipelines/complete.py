@@ -6,6 +6,12 @@ with one table of methods. A new method is one entry in METHODS; every modality 
   reconstruction   replacement + reconstruction guidance (Ho et al. 2022): the unknown part follows the
                    gradient that makes the model's estimate of the known part match it
   conditioned      a model trained with [mask, masked signal] as extra input channels
+  ddnm             DDNM (Wang et al. 2023): every clean estimate's known part replaced by the known signal
+                   (range/null-space decomposition for A = mask), with its time travel (RePaint's jumps)
+  pigdm            Pi-GDM (Song et al. 2023): every clean estimate moved along J^T m (known - x0), one
+                   vector-Jacobian product through the model per call (core/inverse.py)
+                   (both as in their papers: no replacement of the noisy state's known part; the known part
+                   reaches the sample through the clean estimates, and is pasted into the result)
 
 In an autoencoder's latent space the known signal is encoded, the mask min-pooled to latent cells,
 the result decoded, and the known part pasted back (the decoder only approximates it).
@@ -18,8 +24,10 @@ from typing import Callable, ClassVar
 
 import torch
 
+from ..core.samplers import ETA_SAMPLERS, VP_SAMPLERS
 from ..errors import UserError
 from ..modalities.base import Trained
+from ..utils import added_key
 
 
 @dataclass
@@ -40,11 +48,32 @@ class CompletionSampling:
     conditioned_steps: int = 20
     ssim_window: int = 7
     seed: int = 2
+    # (keys added later: at their defaults they leave existing runs' hashes alone)
+    ddnm_sampler: str = added_key("ddim")     # DDNM: null-space projection of every clean estimate
+    ddnm_steps: int = added_key(50)
+    ddnm_eta: float = added_key(0.85)         # the paper's DDIM eta (used by ddim / euler_ancestral)
+    ddnm_travel_length: int = added_key(5)    # time travel: go back this many steps ...
+    ddnm_travel_repeat: int = added_key(2)    # ... so that each window is sampled this often (1 = no travel)
+    pigdm_sampler: str = added_key("ddpm")    # Pi-GDM guidance (one vector-Jacobian product per model call)
+    pigdm_steps: int = added_key(50)
+    pigdm_weight: float = added_key(1.0)      # 1 = the paper's guidance
 
     def __post_init__(self):
         bad = [m for m in getattr(self, "methods", ()) if m not in METHODS]  # the sections list methods
         if bad:
             raise ValueError(f"{self.SECTION}.methods: unknown {bad}; choose from {tuple(METHODS)}")
+        s = self.SECTION
+        for key in ("ddnm_steps", "ddnm_travel_length", "ddnm_travel_repeat", "pigdm_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{s}.{key} = {getattr(self, key)}: it must be >= 1")
+        if not self.ddnm_eta >= 0:
+            raise ValueError(f"{s}.ddnm_eta = {self.ddnm_eta}: it must be >= 0 (0 = deterministic DDIM)")
+        if not self.pigdm_weight > 0:
+            raise ValueError(f"{s}.pigdm_weight = {self.pigdm_weight}: it must be > 0 (1 = the paper's guidance)")
+        if self.ddnm_travel_repeat > 1 and self.ddnm_sampler not in VP_SAMPLERS:
+            raise ValueError(f"{s}.ddnm_sampler = {self.ddnm_sampler!r}: DDNM's time travel "
+                             f"({s}.ddnm_travel_repeat > 1) steps with {' or '.join(VP_SAMPLERS)}; choose one, "
+                             f"or set {s}.ddnm_travel_repeat = 1")
 
 
 @dataclass(frozen=True)
@@ -63,6 +92,10 @@ METHODS: dict[str, Method] = {
     "reconstruction": Method(False, lambda c: (c.reconstruction_sampler, c.reconstruction_steps,
                                                {"reconstruction": c.reconstruction_weight})),
     "conditioned": Method(True, lambda c: (c.conditioned_sampler, c.conditioned_steps, {}), spacing="karras"),
+    "ddnm": Method(False, lambda c: (c.ddnm_sampler, c.ddnm_steps, {
+        "null_space": True, "replace": False, **({"eta": c.ddnm_eta} if c.ddnm_sampler in ETA_SAMPLERS else {}),
+        **({"repaint": (c.ddnm_travel_length, c.ddnm_travel_repeat)} if c.ddnm_travel_repeat > 1 else {})})),
+    "pigdm": Method(False, lambda c: (c.pigdm_sampler, c.pigdm_steps, {"pigdm": c.pigdm_weight, "replace": False})),
 }
 
 
@@ -80,7 +113,8 @@ def complete(trained: Trained, method: str, known: torch.Tensor, mask: torch.Ten
     if not bool(torch.isfinite(known).all()):  # caught here, or the sampler would blame the model for the NaN
         raise UserError("the input to complete holds NaN or inf values: give a file of finite samples")
     m, s, spec = trained.modality, trained.sections, METHODS[method]
-    if m.conditioned(s) != spec.conditioned:
+    # (a conditioned model that also generates -- trained with nothing known too -- serves the plain methods)
+    if m.conditioned(s) != spec.conditioned and not (m.conditioned(s) and m.generates(s)):
         need = f"a {m.conditioned_name} model" if spec.conditioned else "an unconditional model"
         raise ValueError(f"method '{method}' needs {need}; this run's model is "
                          f"{m.conditioned_name if m.conditioned(s) else 'unconditional'}")
@@ -92,6 +126,8 @@ def complete(trained: Trained, method: str, known: torch.Tensor, mask: torch.Ten
     cond = dict(cond or {})
     if spec.conditioned:
         cond["concat"] = torch.cat([z_mask, z_known * z_mask], 1)
+    else:
+        cond.update(m.generation_cond(s, z_known.shape))
     den = trained.denoiser(device, bf16)
     noise = torch.randn(z_known.shape, generator=generator)
     x = trained.sample(den, noise, generator, cond, device, mask=z_mask, known=z_known, clip_x0=clip,

@@ -42,10 +42,10 @@ def generate(trained: Trained, n: int, cfg: SampleConfig, device, bf16: bool, *,
     for start in tqdm(range(0, n, batch), desc="sample", disable=not progress, leave=False):
         b = min(batch, n - start)
         noise = torch.randn(b, *shape, generator=g)
-        cond, extra = None, {}
+        cond, extra = dict(m.generation_cond(s, noise.shape)), {}  # (e.g. a frame-conditioned model: no frame known)
         if K > 0:
             y = labels[start:start + b] if labels is not None else torch.arange(start, start + b) % K
-            cond = {"y": y}
+            cond["y"] = y
             if scale != 1.0:
                 extra = {"guidance_scale": scale, "uncond": null_condition(cond, K)}
         x = trained.sample(den, noise, g, cond, device, **kw, **extra)

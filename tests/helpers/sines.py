@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from multidiff.engine.config import ConfigError
-from multidiff.modalities.base import Known, Modality
+from multidiff.modalities.base import Known, Modality, Prepared
 from multidiff.modalities.sections import batch_loss
 from multidiff.nn import LabelEmbedding, TimestepEmbedding
 from multidiff.outputs import OutputSpec
@@ -110,9 +110,14 @@ class SinesTask:
         self.sched = sections["diffusion"].build_schedule()
 
     def loss(self, net, batch, rand):
+        p = self.prepare_batch(batch, rand)
+        return batch_loss(net, self.s["diffusion"], self.sched, p.x0, rand, p.cond, **p.loss_kw)
+
+    def prepare_batch(self, batch, rand):
+        """The batch as the loss sees it (what distillation trains on too)."""
         x0, y = batch
         cond = {"y": y.to(self.device)} if self.s["model"].num_classes else {}
-        return batch_loss(net, self.s["diffusion"], self.sched, x0.to(self.device), rand, cond)
+        return Prepared(x0.to(self.device), cond, {})
 
     def preview(self, model, path):
         pass
