@@ -41,6 +41,8 @@ BENCHMARKS = {
     "accuracy": ("multidiff.benchmarks.sampler_accuracy", "sampler error vs model calls against the exact Gaussian oracle"),
     "overhead": ("multidiff.benchmarks.sampler_overhead", "per-step sampler overhead vs diffusers' schedulers"),
     "diffwave": ("multidiff.benchmarks.diffwave_speed", "DiffWave vocoding/training speed vs lmnt-com/diffwave"),
+    "fewstep": ("multidiff.benchmarks.fewstep", "time to one sample at the teacher's quality: distilled students vs "
+                "diffusers' DDIM pipeline and lmnt's 6-step DiffWave"),
     "unet3d": ("multidiff.benchmarks.unet3d_throughput", "video U-Net throughput vs video-diffusion-pytorch"),
     "precision": ("multidiff.benchmarks.precision_curves", "bf16 autocast vs fp32 loss curves on the same recipe"),
     "unet2d": ("multidiff.benchmarks.unet2d_throughput", "U-Net training/sampling throughput vs diffusers and "

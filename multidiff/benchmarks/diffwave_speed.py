@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..core import Denoiser, Schedule, sample
+from ..core.distillation import progressive_timesteps
 from ..models.diffwave import DiffWave
 from ..engine.precision import InferenceModel
 
@@ -66,13 +67,19 @@ def lmnt_vocode(model, mel: torch.Tensor, bf16: bool, generator: torch.Generator
     return audio
 
 
-def ours_vocode(model, mel: torch.Tensor, bf16: bool, generator: torch.Generator) -> torch.Tensor:
+def ours_vocode(model, mel: torch.Tensor, bf16: bool, generator: torch.Generator,
+                student_steps: int | None = None) -> torch.Tensor:
+    """lmnt's 6-step fast schedule through the core sampler, or (student_steps = N) what `multidiff vocode`
+    runs for an N-step progressive student: deterministic DDIM on its N levels of the training schedule."""
     sched = Schedule.from_betas(TRAIN_BETAS)
+    den = Denoiser(InferenceModel(model, torch.device("cpu"), bf16), sched, "eps")
+    noise = torch.randn(mel.shape[0], 1, HOP * mel.shape[-1], generator=generator)
+    if student_steps:
+        return sample(den, noise, "ddim", timesteps=progressive_timesteps(sched, student_steps), generator=generator,
+                      cond={"mel": mel})
     ac = np.cumprod(1 - np.array(FAST_BETAS))
     ts = sched.align_betas(FAST_BETAS).flip(0)
     sigmas = torch.tensor(np.sqrt((1 - ac) / ac)[::-1].copy())
-    den = Denoiser(InferenceModel(model, torch.device("cpu"), bf16), sched, "eps")
-    noise = torch.randn(mel.shape[0], 1, HOP * mel.shape[-1], generator=generator)
     return sample(den, noise, "ddpm", timesteps=ts, sigmas=sigmas, variance="posterior", generator=generator,
                   cond={"mel": mel})
 
@@ -201,10 +208,16 @@ def main(argv=None) -> None:
             times = timer(lambda: vocode(model, mel0.clone(), bf16, g), args.repeats)
             rows.append(dict(name=name, prec="bf16 autocast" if bf16 else "fp32", med=statistics.median(times),
                              best=min(times), others=max(timer.others, default=float("nan"))))
+    for n in (2, 1):  # a distilled student's sampling (multidiff distill RUN --steps N): N calls, no conditioner reuse
+        g = torch.Generator().manual_seed(3)
+        timer.others = []
+        times = timer(lambda: ours_vocode(ours, mel0.clone(), True, g, student_steps=n), args.repeats)
+        rows.append(dict(name=f"multidiff, {n}-step student", prec="bf16 autocast", med=statistics.median(times),
+                         best=min(times), others=max(timer.others, default=float("nan")), student=True))
     if args.train_repeats > 0:
         fwd = {"lmnt diffwave 0.1.7": lambda m, a, mel, t: m(a, mel, t).squeeze(1),
                "multidiff": lambda m, a, mel, t: m(a.unsqueeze(1), t.float(), mel=mel).squeeze(1)}
-        for r in rows:
+        for r in (r for r in rows if not r.get("student")):  # (a student trains as its teacher does)
             model = _lmnt_model() if r["name"].startswith("lmnt") else DiffWave()
             timer.others = []
             times = timer(train_step_fn(model, fwd[r["name"]], r["prec"] != "fp32"), args.train_repeats)
