@@ -248,7 +248,11 @@ def test_a_stopped_distillation_resumes_to_the_uninterrupted_weights(teacher, tm
         main([str(a) for a in ["distill", teacher / "teacher", "--out", tmp_path / "cut", *args]])
     monkeypatch.setattr(Trainer, "_checkpoint", save)
     assert "pass --resume" in refused(capsys, "distill", teacher / "teacher", "--out", tmp_path / "cut", *args)
-    cli("distill", teacher / "teacher", "--out", tmp_path / "cut", *args, "--resume")
+    # --resume alone continues the chain as it was started: its distill.* settings come from the stopped student
+    resumed = [a for a in args if not str(a).startswith("distill.")]
+    cli("distill", teacher / "teacher", "--out", tmp_path / "cut", *resumed, "--resume")
+    if method == "progressive":  # (8 -> 4 -> 2, not the default 64 -> ... -> 2)
+        assert sorted(p.name for p in (tmp_path / "cut/rounds").iterdir()) == ["steps_4"]
     a, b = latest_checkpoint(tmp_path / "whole/checkpoints"), latest_checkpoint(tmp_path / "cut/checkpoints")
     files = ["model", "ema"] + (["extra"] if method == "consistency" else [])  # (+ the target network)
     for name in files:
@@ -288,6 +292,25 @@ def test_image_digits_recipe_distills_its_students_after_training(tmp_path, caps
     cli("train", ROOT / "recipes/image_digits", "--out", tmp_path / "run", *tiny)
     assert capsys.readouterr().out.count("done already") == 5  # prepare, train, sample, evaluate, distill
     cli("sample", students, "--n", 10, "--class", 3, "--out", tmp_path / "threes.png")
+    # multidiff bench fewstep: the teacher's rows, the student's with its own evaluation's FD, diffusers' DDIM
+    cli("bench", "fewstep", "--teacher", tmp_path / "run", "--student", students, "--teacher-steps", 4,
+        "--repeats", 1, "--wait-idle", 0, "--no-speech", "--threads", 1)
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    fd1 = json.loads((students / "eval.json").read_text())["rows"][0]["fd"]
+    assert [line.split(" | ")[1] for line in table[1:]] == ["dpmpp_2m:3 + CFG", "ddim:4 + CFG", "ddim:1", "ddim:4"]
+    assert table[3].split(" | ")[2:4] == ["1", f"{fd1:.2f}"] and table[4].endswith("| 1.0x |")
+
+
+def test_the_fewstep_benchmarks_diffusers_model_is_the_digits_teachers_size():
+    from multidiff.benchmarks.fewstep import diffusers_like
+    from multidiff.benchmarks.throughput_harness import forward_gflops
+    from multidiff.models.unet2d import UNet2D
+
+    cfg = load_run(ROOT / "recipes/image_digits", kinds.schema_of)["model"]
+    _, theirs = diffusers_like(cfg, "v")
+    x = torch.randn(2, 1, 16, 16)
+    ours = forward_gflops(UNet2D(cfg), lambda m, x, t: m(x, t, y=torch.zeros(2, dtype=torch.long)), x)
+    assert forward_gflops(theirs, lambda m, x, t: m(x, t).sample, x) == pytest.approx(ours, rel=0.03)
 
 
 def test_a_vocoder_student_keeps_the_mel_conditioning_and_the_noise_prior(tmp_path):

@@ -68,10 +68,15 @@ def check_finished(ref: ModelRef, run_dir) -> None:
 
 # ---- the students' configs ------------------------------------------------------------------------------------
 def distill_config(base: dict, method: str | None, steps: list[int] | None,
-                   overrides: list[str]) -> tuple[DistillConfig, dict]:
-    """[distill] for `multidiff distill`: the teacher's, with --method, --steps and distill.* overrides; and the
-    other overrides (section -> {key: value}) for the students' sampling, evaluation and [train] sections."""
+                   overrides: list[str], resumed=None) -> tuple[DistillConfig, dict]:
+    """[distill] for `multidiff distill`: the teacher's -- or, continuing a distillation (`resumed`: the [distill]
+    of the student being resumed), the settings it was started with -- with --method, --steps and distill.*
+    overrides; and the other overrides (section -> {key: value}) for the students' sampling, evaluation and
+    [train] sections."""
     table = {**dataclasses.asdict(base["distill"]), "teacher": "", "teacher_checkpoint": ""}
+    if resumed is not None:  # `--resume` alone continues the chain as started (its start_steps, rounds, lr, ...)
+        table.update({k: v for k, v in dataclasses.asdict(resumed).items()
+                      if k not in ("steps", "teacher", "teacher_checkpoint")})
     changes: dict[str, dict] = {}
     for ov in overrides:
         section, key, value = parse_override(ov)
@@ -230,8 +235,12 @@ def distill(run_dir, out, method, steps, overrides, dist: DistInfo, resume: bool
             schema_of, kind_of) -> dict:
     """`multidiff distill`: the students of the run in `run_dir`, the last one in `out` (a new run directory)."""
     kind, ref = open_teacher(run_dir, schema_of, kind_of)
-    cfg, changes = distill_config(ref.sections, method, steps, overrides)
     out = Path(out)
+    resumed = None
+    if resume and (out / "config.toml").is_file():
+        saved = load_run(out, schema_of)
+        resumed = saved["distill"] if is_student(saved) else None
+    cfg, changes = distill_config(ref.sections, method, steps, overrides, resumed)
     if out.resolve() in (Path(run_dir).resolve(), ref.run_dir.resolve()):
         raise UserError(f"--out '{out}' is the teacher's run: give a new directory for the student")
     with run_lock(out, dist.is_main):
