@@ -223,7 +223,14 @@ class Trained:
         return self.modality.num_classes(self.sections)
 
     def denoiser(self, device, bf16: bool) -> Denoiser:
-        return self.modality.build_denoiser(self.sections, InferenceModel(self.model, device, bf16))
+        """The samplers' view of the model on `device` (built once per device and precision: at batch 1
+        building it -- eval mode, the schedule -- cost as much as a small U-Net's model call)."""
+        key = (str(device), bool(bf16))
+        built = self.__dict__.setdefault("_denoisers", {})
+        if key not in built:
+            built[key] = self.modality.build_denoiser(self.sections, InferenceModel(self.model, device, bf16))
+        self.model.eval()  # (as InferenceModel sets it: the model may have been put back in training mode since)
+        return built[key]
 
     def sample(self, den: Denoiser, noise: torch.Tensor, generator, cond: dict | None, device, **kw) -> torch.Tensor:
         """core.sample with what this model needs besides (noise prior coloring)."""
