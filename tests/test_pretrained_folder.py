@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-diffusers = pytest.importorskip("diffusers")
-from diffusers import (DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler,  # noqa: E402
-                       ScoreSdeVeScheduler, UNet2DModel)
+# diffusers: the `dev` extra (CI installs it), the reference this loader is checked against
+from diffusers import (DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, ScoreSdeVeScheduler,
+                       UNet2DModel)
 
 from multidiff import kinds  # noqa: E402
 from multidiff.cli import main  # noqa: E402

@@ -68,6 +68,16 @@ def levels_kwargs(sections: dict, steps: int) -> dict:
     return {"steps": steps, "spacing": "linspace" if steps < sched.T else "leading"}
 
 
+def build_espeak_corpus(run, prep, root: Path) -> Path:
+    """`[prep] build = "espeak"`: the espeak-ng corpus in `root` when it has no metadata.csv yet (the vocoder
+    and the text-to-speech recipes read the same corpus)."""
+    if prep.build == "espeak" and not (root / "metadata.csv").exists():
+        run.log(f"[prepare] building the espeak-ng corpus in {root} ({prep.utterances} utterances)")
+        if espeak_corpus.main(["--out", str(root), "--n", str(prep.utterances), "--seed", str(prep.seed)]) != 0:
+            raise AudioDataError(f"could not build the espeak corpus in '{root}' (see the message above)")
+    return root
+
+
 class AudioTask:
     """Loss for DiffWave: random aligned crops (drawn from the step's random numbers, so resumable
     and independent of the number of processes), noise, the core's diffusion loss. With a noise
@@ -160,12 +170,8 @@ class AudioModality(Modality):
             raise ConfigError(f"model.n_mels = {m.n_mels} but the {sections['data'].mel} mel has {mc.n_mels} bands")
 
     def prepare(self, run) -> dict:
-        data, prep = run["data"], run["prep"]
-        root = Path(data.root)
-        if prep.build == "espeak" and not (root / "metadata.csv").exists():
-            run.log(f"[prepare] building the espeak-ng corpus in {root} ({prep.utterances} utterances)")
-            if espeak_corpus.main(["--out", str(root), "--n", str(prep.utterances), "--seed", str(prep.seed)]) != 0:
-                raise AudioDataError(f"could not build the espeak corpus in '{root}' (see the message above)")
+        data = run["data"]
+        root = build_espeak_corpus(run, run["prep"], Path(data.root))
         out = {}
         splits = ("train", "dev", "eval") if data.layout != "folder" or (root / "splits").exists() else ("train",)
         for split in splits:

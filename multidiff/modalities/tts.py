@@ -10,18 +10,16 @@ from pathlib import Path
 
 import torch
 
-from data_prep import espeak_corpus
 
 from ..core.samplers import SAMPLERS
 from ..core.schedule import SPACINGS
-from ..data.audio import AudioDataError
 from ..data.tts import TTSData, TTSDataset, collate, prepare_corpus, read_speaker_names, tts_mel_config
 from ..engine.config import ConfigError
 from ..engine.runs import section_hash
 from ..models.tts import TTSModel, TTSModelConfig
 from ..text import TextConfig
 from ..text.symbols import INVENTORY
-from .audio import AudioPrepConfig
+from .audio import AudioPrepConfig, build_espeak_corpus
 from .base import Known, Modality
 
 DEFAULT_SENTENCES = ["Hello world, this is multidiff.",
@@ -106,12 +104,8 @@ class TTSModality(Modality):
         return section_hash(sections, ["data", "model", "diffusion", "text"])
 
     def prepare(self, run) -> dict:
-        data, prep = run["data"], run["prep"]
-        root = Path(data.root)
-        if prep.build == "espeak" and not (root / "metadata.csv").exists():
-            run.log(f"[prepare] building the espeak-ng corpus in {root} ({prep.utterances} utterances)")
-            if espeak_corpus.main(["--out", str(root), "--n", str(prep.utterances), "--seed", str(prep.seed)]) != 0:
-                raise AudioDataError(f"could not build the espeak corpus in '{root}' (see the message above)")
+        data = run["data"]
+        build_espeak_corpus(run, run["prep"], Path(data.root))
         return prepare_corpus(run.dir, data, run["text"], run.log)
 
     def dataset(self, run, split: str) -> TTSDataset:
