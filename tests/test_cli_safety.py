@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from multidiff import cli, outputs
+from multidiff import commands, outputs
 from multidiff.cli import main
 from multidiff.engine.runs import load_recipe, save_resolved
 from multidiff.kinds import ModelRef, schemas
@@ -200,7 +200,7 @@ def test_a_write_that_fails_after_the_work_is_one_line_naming_the_file(sines, tm
 def test_a_bug_keeps_its_traceback(sines, tmp_path, monkeypatch):
     def bug(*a, **k):
         raise KeyError("a programming error")
-    monkeypatch.setattr(cli, "generate", bug)
+    monkeypatch.setattr(commands, "generate", bug)
     with pytest.raises(KeyError):
         main(["sample", str(sines / "run"), "--out", str(tmp_path / "x.npy")])
 

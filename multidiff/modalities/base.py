@@ -2,7 +2,7 @@
 shared pipelines sample and complete it, and the one command line reads and writes it.
 
 A modality is an object with the methods of `Modality` below. Everything above this layer
-(pipelines/, evaluation/, kinds.py, cli.py) talks to a modality only through them, so a new kind
+(pipelines/, evaluation/, kinds/, commands.py) talks to a modality only through them, so a new kind
 of signal is: a subclass here, its denoiser in models/, its data source in data/ -- and no edit
 anywhere else (tests/helpers/sines.py defines a fourth modality that way; docs/extending.md walks
 through it).
