@@ -5,6 +5,7 @@ import torch
 from multidiff.core import SAMPLERS, Denoiser, GuidedModel, ReconstructionGuided, repaint_schedule, sample
 
 from conftest import noise, oracle
+from helpers.denoisers import CorrelatedGaussian
 
 
 class ClassShift(torch.nn.Module):
@@ -131,23 +132,6 @@ def test_repaint_harmonises_better_than_plain_replacement(linear):
         plain = sample(den, noise(*shape), sampler, steps=50, mask=mask, known=known, generator=g())
         rp = sample(den, noise(*shape), sampler, steps=50, mask=mask, known=known, repaint=(1, 5), generator=g())
         assert err(rp) < 0.6 * err(plain), (sampler, err(rp), err(plain))
-
-
-class CorrelatedGaussian(torch.nn.Module):
-    """The exact x0 estimator for x0 ~ N(0, S), S = [[1, rho], [rho, 1]] over the last axis:
-    E[x0 | z] = A z with A = alpha S (alpha^2 S + sigma^2 I)^-1, linear in z."""
-
-    def __init__(self, sched, rho):
-        super().__init__()
-        self.sched, self.S = sched, torch.tensor([[1.0, rho], [rho, 1.0]], dtype=torch.float64)
-
-    def A(self, t) -> torch.Tensor:
-        """[len(t), 2, 2]"""
-        ab = self.sched.alpha_bar_at(torch.as_tensor(t, dtype=torch.float64).reshape(-1)).view(-1, 1, 1)
-        return ab.sqrt() * self.S @ torch.linalg.inv(ab * self.S + (1 - ab) * torch.eye(2, dtype=torch.float64))
-
-    def forward(self, x, t):
-        return (x.double() @ self.A(t).transpose(1, 2)).to(x.dtype)
 
 
 def test_reconstruction_guidance_matches_its_closed_form_in_vp_and_ve_views(linear):

@@ -16,24 +16,9 @@ from multidiff.modalities.sections import DiffusionConfig
 from multidiff.pipelines.complete import METHODS, CompletionSampling, complete, with_steps
 
 from conftest import noise
+from helpers.denoisers import CorrelatedGaussian
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class CorrelatedGaussian(torch.nn.Module):
-    """The exact x0 estimator for x0 ~ N(0, S), S = [[1, rho], [rho, 1]] over the last axis:
-    E[x0 | z] = A z with A = alpha S (alpha^2 S + sigma^2 I)^-1, linear in z."""
-
-    def __init__(self, sched, rho):
-        super().__init__()
-        self.sched, self.S = sched, torch.tensor([[1.0, rho], [rho, 1.0]], dtype=torch.float64)
-
-    def A(self, t) -> torch.Tensor:
-        ab = self.sched.alpha_bar_at(torch.as_tensor(t, dtype=torch.float64).reshape(-1)).view(-1, 1, 1)
-        return ab.sqrt() * self.S @ torch.linalg.inv(ab * self.S + (1 - ab) * torch.eye(2, dtype=torch.float64))
-
-    def forward(self, x, t):
-        return (x.double() @ self.A(t).transpose(1, 2)).to(x.dtype)
 
 
 def abar_at(sched, t: float) -> float:

@@ -50,8 +50,19 @@ def painted(value) -> tuple[np.ndarray | None, np.ndarray | None]:
 def build(app: AppRun, gr):
     """The Blocks of `app`'s page."""
 
-    def fail(e: Exception):
-        raise gr.Error(" ".join(str(e).split()), print_exception=False)
+    def finished(complete):
+        """What `complete()` made, or its user-caused failure as the page's one-line message."""
+        try:
+            return complete()
+        except (UserError, ValueError, OSError) as e:
+            raise gr.Error(" ".join(str(e).split()), print_exception=False) from None
+
+    def file_outputs(result, kind: str):
+        """The button, the result component, its download and the note under it (audio and video pages)."""
+        run = gr.Button("Fill", variant="primary", elem_id="run")
+        result = result(elem_id="result", interactive=False)
+        return run, result, gr.File(label=f"download the {kind}", interactive=False, elem_id="download"), \
+            gr.Markdown(elem_id="note")
 
     def settings():
         with gr.Row():
@@ -88,10 +99,8 @@ def build(app: AppRun, gr):
 
             def fill_image(value, method, steps, seed, progress=gr.Progress()):
                 image, fill = painted(value)
-                try:
-                    r = app.complete_image(image, fill, method, steps, seed, progress=lambda f: progress(f))
-                except (UserError, ValueError, OSError) as e:
-                    fail(e)
+                r = finished(lambda: app.complete_image(image, fill, method, steps, seed,
+                                                        progress=lambda f: progress(f)))
                 return str(r.path), str(r.mask), str(r.path), f"{r.method}: {r.summary}"
 
             run.click(fill_image, [editor, method, steps, seed], [result, filled, download, note],
@@ -104,17 +113,12 @@ def build(app: AppRun, gr):
                 start = gr.Number(0.2, minimum=0, label="gap start (s)", elem_id="gap_start")
                 end = gr.Number(0.4, minimum=0, label="gap end (s)", elem_id="gap_end")
             method, steps, seed = settings()
-            run = gr.Button("Fill", variant="primary", elem_id="run")
-            result = gr.Audio(type="filepath", label="result", interactive=False, elem_id="result")
-            download = gr.File(label="download the WAV", interactive=False, elem_id="download")
-            note = gr.Markdown(elem_id="note")
+            run, result, download, note = file_outputs(lambda **kw: gr.Audio(type="filepath", label="result", **kw),
+                                                       "WAV")
 
             def fill_audio(path, start, end, method, steps, seed, progress=gr.Progress()):
-                try:
-                    r = app.complete_audio(path, start, end, method, steps, seed, progress=lambda f: progress(f),
-                                           upload_root=gr_upload_root(gr))
-                except (UserError, ValueError, OSError) as e:
-                    fail(e)
+                r = finished(lambda: app.complete_audio(path, start, end, method, steps, seed,
+                                                        progress=lambda f: progress(f), upload_root=gr_upload_root(gr)))
                 return str(r.path), str(r.path), f"{r.method}: {r.summary}"
 
             run.click(fill_audio, [audio, start, end, method, steps, seed], [result, download, note],
@@ -129,17 +133,12 @@ def build(app: AppRun, gr):
                 frames = gr.Number(0, precision=0, minimum=0, label="frames (0: the run's clip length)",
                                    elem_id="frames")
             method, steps, seed = settings()
-            run = gr.Button("Fill", variant="primary", elem_id="run")
-            result = gr.Video(label="completion", interactive=False, autoplay=True, loop=True, elem_id="result")
-            download = gr.File(label="download the MP4", interactive=False, elem_id="download")
-            note = gr.Markdown(elem_id="note")
+            run, result, download, note = file_outputs(
+                lambda **kw: gr.Video(label="completion", autoplay=True, loop=True, **kw), "MP4")
 
             def fill_video(path, known, frames, method, steps, seed, progress=gr.Progress()):
-                try:
-                    r = app.complete_video(path, known, method, steps, seed, frames, progress=lambda f: progress(f),
-                                           upload_root=gr_upload_root(gr))
-                except (UserError, ValueError, OSError) as e:
-                    fail(e)
+                r = finished(lambda: app.complete_video(path, known, method, steps, seed, frames,
+                                                        progress=lambda f: progress(f), upload_root=gr_upload_root(gr)))
                 return str(r.path), str(r.path), f"{r.method}: {r.summary}"
 
             run.click(fill_video, [video, known, frames, method, steps, seed], [result, download, note],
