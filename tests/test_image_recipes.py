@@ -1,5 +1,6 @@
 """Image recipes end to end through the real CLI, on tiny models and real data."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,10 @@ from PIL import Image
 
 from multidiff.cli import main
 from multidiff.data.image import ImageData, build_image_dataset, save_image_grid
+from multidiff.engine.runs import load_run
+from multidiff.evaluation.inpainting import InpaintConfig
+from multidiff.kinds import schema_of
+from multidiff.modalities.student import student_completion
 
 from helpers.fake_data import write_fake_cifar10
 
@@ -96,12 +101,15 @@ def folder_run(tmp_path_factory):
         x, y = ds[i]
         save_image_grid(x.expand(3, -1, -1), root / f"class_{y}" / f"img_{i}.png", padding=0)
     run = tmp_path_factory.mktemp("folder_run")
-    cli("train", ROOT / "recipes/image_inpainting_folder", "--out", run, f"data.root={root}", "data.size=16",
-        "model.image_size=16", *TINY, "model.attention_resolutions=[8]", "train.num_workers=0",
-        "inpaint.eval_n=3", "inpaint.repaint_steps=6", "inpaint.jump_length=2", "inpaint.jump_n_sample=2",
-        "inpaint.replace_steps=4", "inpaint.reconstruction_steps=3", "inpaint.conditioned_steps=3",
-        "inpaint.ssim_window=7")
+    cli("train", ROOT / "recipes/image_inpainting_folder", "--out", run, *folder_settings(root))
     return run, root
+
+
+def folder_settings(root):
+    return [f"data.root={root}", "data.size=16", "model.image_size=16", *TINY, "model.attention_resolutions=[8]",
+            "train.num_workers=0", "inpaint.eval_n=3", "inpaint.repaint_steps=6", "inpaint.jump_length=2",
+            "inpaint.jump_n_sample=2", "inpaint.replace_steps=4", "inpaint.reconstruction_steps=3",
+            "inpaint.conditioned_steps=3", "inpaint.ssim_window=7"]
 
 
 def test_inpainting_recipe_compares_four_methods(folder_run):
@@ -112,6 +120,34 @@ def test_inpainting_recipe_compares_four_methods(folder_run):
     assert all(np.isfinite(r["psnr_filled"]) for r in ev["rows"])
     assert (run / "samples/inpainting.png").exists()
     assert (run / "unconditional/config.toml").exists() and (run / "conditioned/checkpoints").is_dir()
+
+
+def test_a_few_step_student_of_the_unconditional_model_joins_the_inpainting_table(folder_run, tmp_path, capsys):
+    run, root = folder_run
+    shutil.copytree(run, tmp_path / "run")  # (the module's run keeps its table for the other tests)
+    run = tmp_path / "run"
+    cli("distill", run, "--steps", 2, "--out", tmp_path / "student", "distill.start_steps=4", "distill.round_steps=2",
+        "--skip", "evaluate")
+    cli("train", ROOT / "recipes/image_inpainting_folder", "--out", run, *folder_settings(root), "--force", "evaluate",
+        f'inpaint.students=["{tmp_path / "student"}"]', 'inpaint.methods=["replace"]')
+    rows = json.loads((run / "eval.json").read_text())["rows"]
+    student = "progressive student, 2 steps"
+    assert {(r["mask"], r["model"], r["method"]) for r in rows} == {
+        (m, *k) for m in ("center", "box", "strokes", "left") for k in (
+            ("unconditional", "replace"), *((student, s) for s in ("replace", "reconstruction", "ddnm", "pigdm")))}
+    calls = {(r["model"], r["method"]): (r["nfe"], r["nfe_backward"]) for r in rows if r["mask"] == "box"}
+    # counted model calls: the student's 2 steps, not the teacher's 4 (reconstruction and Pi-GDM differentiate each)
+    assert calls[("unconditional", "replace")] == (4, 0)
+    assert calls[(student, "replace")] == calls[(student, "ddnm")] == (2, 0)
+    assert calls[(student, "reconstruction")] == calls[(student, "pigdm")] == (2, 2)
+    assert all(np.isfinite(r["psnr_filled"]) for r in rows)
+    # every method on the student's own deterministic jumps (DDNM's eta 0.85 is the teacher's)
+    cfg = student_completion(InpaintConfig(), load_run(tmp_path / "student", schema_of))
+    assert (cfg.ddnm_sampler, cfg.ddnm_steps, cfg.ddnm_eta, cfg.reconstruction_steps) == ("ddim", 2, 0.0, 2)
+    # a folder that is not a student of this run's unconditional model: one line naming it
+    assert main([str(a) for a in ("train", ROOT / "recipes/image_inpainting_folder", "--out", run, *folder_settings(root),
+                                  "--force", "evaluate", f'inpaint.students=["{run / "conditioned"}"]')]) == 2
+    assert "is not a distilled student of" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", ["repaint", "replace", "reconstruction", "conditioned"])

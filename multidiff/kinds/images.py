@@ -6,7 +6,8 @@ import dataclasses
 from pathlib import Path
 
 from ..engine.distributed import DistInfo
-from ..engine.runs import Run, save_resolved
+from ..engine.runs import Run, load_sections, save_resolved
+from ..errors import UserError
 from ..evaluation import autoencoder as autoencoder_eval
 from ..evaluation import image as image_eval
 from ..evaluation import inpainting as inpainting_eval
@@ -14,6 +15,7 @@ from ..modalities.autoencoder import AUTOENCODER, INFO_FILE, compute_scale, load
 from ..modalities.image import IMAGE
 from ..modalities.latent import LatentConfig, LatentModality
 from ..modalities.sections import SampleConfig
+from ..modalities.student import default_steps, is_student
 from ..pipelines.train import archive_training, train_model
 from ..utils import read_json, write_json
 from .base import TRAINING, Kind, ModelRef, Stage, bf16_of, load_role, sample_stage_for, train_first, train_stage
@@ -75,9 +77,35 @@ class ImageInpaintingKind(ImageKind):
             stages.append(Stage(f"train_{name}", TRAINING + (["inpaint.train_masks"] if masks else []), train,
                                 reset=lambda d=sub.dir: archive_training(d)))
         stages.append(Stage("evaluate", TRAINING + ["inpaint"], lambda: inpainting_eval.evaluate(
-            run, {role: load_role(self, run, dist, role) for role in self.SUBRUNS}, dist.device, bf16_of(run, dist)),
-            "main"))
+            run, {role: load_role(self, run, dist, role) for role in self.SUBRUNS}, dist.device, bf16_of(run, dist),
+            self.load_students(run)), "main"))
         return stages
+
+    def load_students(self, run) -> dict:
+        """[inpaint] students: few-step students of this run's unconditional model, by a name saying what they are."""
+        plain, out = self.sub_sections(run.sections, "plain"), {}
+        for path in run["inpaint"].students:
+            where = Path(path)
+            if not (where / "config.toml").is_file():
+                raise UserError(f"inpaint.students: '{where}' is not a run directory (no config.toml): make the student "
+                                f"with multidiff distill {run.dir} --steps 4 --out {where}")
+            sections = load_sections(where, ImageKind().schema())
+            if sections["recipe"].kind != "image" or not is_student(sections) or not same_model(sections, plain):
+                raise UserError(f"inpaint.students: '{where}' is not a distilled student of {run.dir / 'unconditional'} "
+                                f"(its model, data or schedule differ): make one with multidiff distill {run.dir} "
+                                f"--steps 4 --out STUDENT")
+            d = sections["distill"]
+            name = f"{d.method} student, {default_steps(d)} steps"
+            out[name if name not in out else f"{name} ({where})"] = ImageKind().model(
+                where, sections, "plain").load()
+        return out
+
+
+def same_model(student: dict, teacher: dict) -> bool:
+    """Whether a student's network, data and schedule are its teacher's (a student never drops labels itself)."""
+    return (student["data"] == teacher["data"] and student["diffusion"] == teacher["diffusion"]
+            and dataclasses.replace(student["model"], class_dropout=0.0)
+            == dataclasses.replace(teacher["model"], class_dropout=0.0))
 
 
 class LatentKind(ImageKind):

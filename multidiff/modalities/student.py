@@ -56,7 +56,8 @@ def default_steps(d) -> int:
 def for_student(obj, sampler: str, steps: list[int], default: int):
     """A sampling section (a dataclass: [sample], [vocode], [eval], [inpaint], [predict]) with every sampler and
     step setting the student's: `sampler` / `*_sampler`; `steps` / `*_steps` (a number: `default`, a list: all of
-    `steps`); an eval `table` of 'sampler:steps' rows (its `full` table off); eta at the sampler's default; and
+    `steps`); an eval `table` of 'sampler:steps' rows (its `full` table off); eta at the sampler's default (a
+    method's own `*_eta`: 0, the deterministic jumps the student learned); and
     guidance 1, since a student's guidance is in its weights."""
     changes = {}
     for f in dataclasses.fields(obj):
@@ -73,6 +74,8 @@ def for_student(obj, sampler: str, steps: list[int], default: int):
             changes[n] = False
         elif n == "eta" and isinstance(v, float):
             changes[n] = -1.0
+        elif n.endswith("_eta") and isinstance(v, float):  # a method's own eta (DDNM's 0.85): a student learned eta 0
+            changes[n] = 0.0
         elif n in ("guidance_scale", "guidance") and isinstance(v, float):
             changes[n] = 1.0
     try:
