@@ -9,7 +9,7 @@ import torch
 from multidiff.core.objective_base import GeneratorDraws
 from multidiff.data.mel import MelConfig
 from multidiff.data.mel_check import MelMismatch, check_same_mel, check_vocoder_mel
-from multidiff.metrics.speech import mcd_dtw
+from multidiff.metrics.speech import K_MCD, mcd_aligned, mcd_dtw
 from multidiff.models.tts import TTSModel, TTSModelConfig, generate_path, monotonic_alignment, sequence_mask
 from multidiff.modalities.sections import DiffusionConfig
 
@@ -161,3 +161,20 @@ def test_mcd_dtw():
     stretched = 0.5 * torch.sin(2 * math.pi * 220 * t2) * torch.sin(math.pi * t2 / 1.3)
     other = 0.5 * torch.sin(2 * math.pi * 660 * t) * torch.sin(math.pi * t) + 0.01 * torch.randn(sr)
     assert mcd_dtw(a, stretched, sr) < 0.3 * mcd_dtw(a, other, sr)  # DTW forgives timing, not spectra
+
+
+def test_mcd_aligned_against_its_closed_form():
+    """c_m is the 2/N cosine expansion of the log mel: adding A cos(pi m (n + 1/2) / N) to every frame moves c_m by
+    exactly A and nothing else (MCD = K |A|); a gain (a constant in the log) moves only c_0, which MCD leaves out."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(80, 40, generator=g) - 4
+    n = torch.arange(80, dtype=torch.float64)[:, None]
+    assert mcd_aligned(ref, ref) == 0.0
+    assert mcd_aligned(ref, ref + 3.0) == pytest.approx(0.0, abs=1e-4)
+    bump = (0.7 * torch.cos(math.pi * 5 * (n + 0.5) / 80)).float()
+    assert mcd_aligned(ref, ref + bump) == pytest.approx(K_MCD * 0.7, rel=1e-4)
+    silent = ref.clone()
+    silent[:, :5] = -40.0  # 5 leading frames far below the loudest: left out of the reference and the estimate
+    assert mcd_aligned(silent, torch.cat([ref[:, :5] + 9, ref[:, 5:]], 1)) == 0.0
+    with pytest.raises(ValueError, match="one shape"):
+        mcd_aligned(ref, ref[:, 1:])

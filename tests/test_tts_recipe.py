@@ -65,17 +65,24 @@ def test_tts_recipe_prepares_trains_finetunes_samples_and_evaluates(runs):
     assert {"loss_duration", "loss_prior", "loss_diffusion"} <= set(metrics[-1])
     ev = json.loads((run / "eval.json").read_text())
     assert ev["splits"] == ["dev", "eval"]
-    methods = [(r["split"], r["method"]) for r in ev["rows"]]
-    assert ("dev", "vocoder on the real mel (ceiling)") in methods
-    assert ("eval", "text -> acoustic model -> fine-tuned vocoder") in methods and len(methods) == 8
-    for r in ev["rows"]:
+    rows = {(r["split"], r["method"]): r for r in ev["rows"]}
+    per_split = ["acoustic model on the real durations vs the real mel (no vocoder, no DTW)"] + [
+        m.format(v) for v in ("vocoder", "fine-tuned vocoder") for m in (
+            "{} on the real mel (ceiling)", "text -> acoustic model -> {}", "text + the real durations -> acoustic "
+            "model -> {}", "{} on the real mel, no mel consistency (ceiling)", "text -> acoustic model -> {}, no mel "
+            "consistency")]
+    assert list(rows) == [(split, m) for split in ("dev", "eval") for m in per_split]
+    for (split, method), r in rows.items():
         assert math.isfinite(r["mcd_dtw"]) and r["mcd_dtw"] > 0
-        if "rtf" in r:
-            assert r["rtf"] > 0 and math.isfinite(r["duration_error_pct"]) and r["gap_db"] == pytest.approx(
-                r["mcd_dtw"] - next(c["mcd_dtw"] for c in ev["rows"] if c["split"] == r["split"]
-                                    and c["method"] == r["method"].replace("text -> acoustic model -> ", "")
-                                    + " on the real mel (ceiling)"))
-    assert "MCD-DTW" in (run / "eval.md").read_text()
+        if "rtf" in r:  # the chain: its gap to the ceiling, split into timing and spectrum by the real-durations row
+            vocoder = method.replace("text -> acoustic model -> ", "")
+            ceiling = rows[(split, f"{vocoder} on the real mel (ceiling)")]["mcd_dtw"]
+            on_real = rows[(split, f"text + the real durations -> acoustic model -> {vocoder}")]["mcd_dtw"]
+            assert r["rtf"] > 0 and math.isfinite(r["duration_error_pct"])
+            assert r["gap_db"] == pytest.approx(r["mcd_dtw"] - ceiling)
+            assert (r["gap_timing_db"], r["gap_spectrum_db"]) == pytest.approx((r["mcd_dtw"] - on_real,
+                                                                                on_real - ceiling))
+    assert "of which timing (dB)" in (run / "eval.md").read_text()
     for name in ("dev_00_real.wav", "dev_00_vocoder_tts.wav", "eval_00_fine_tuned_vocoder_real_mel.wav",
                  "say/sentence_0001.wav"):
         audio, sr = sf.read(run / "samples" / name)
@@ -192,7 +199,9 @@ def test_tts_ljspeech_recipe_smoke(tmp_path):
     cli("train", ROOT / "recipes/tts_ljspeech", "--out", tmp_path / "run", f"data.root={corpus}",
         *[o for o in TINY_TTS if "speaker" not in o], "train.num_workers=0", 'vocoder.run=""', "eval.splits=[\"dev\"]")
     ev = json.loads((tmp_path / "run/eval.json").read_text())
-    assert [r["method"] for r in ev["rows"]] == ["griffin-lim on the real mel (ceiling)",
-                                                 "text -> acoustic model -> griffin-lim"]
+    assert [r["method"] for r in ev["rows"]] == [  # (Griffin-Lim has no mel consistency to leave out)
+        "acoustic model on the real durations vs the real mel (no vocoder, no DTW)",
+        "griffin-lim on the real mel (ceiling)", "text -> acoustic model -> griffin-lim",
+        "text + the real durations -> acoustic model -> griffin-lim"]
     items = json.loads((tmp_path / "run/tts_data/train.json").read_text())["items"]
     assert items[1]["text"] == "In fourteen fifty the first books were printed by Gutenberg."

@@ -4,6 +4,11 @@ voices saying sentences never seen in training; eval: held-out voices too, for t
   * the vocoder on the real mel -- the ceiling of the chain (what a perfect acoustic model would get);
   * the whole chain, text -> phonemes -> mel (predicted durations, the decoder's few ODE steps) ->
     vocoder, with each vocoder there is (the [vocoder] run, and the one fine-tuned on this run's mels);
+  * what the chain's gap to its ceiling is made of: the decoder run on the real durations (MAS of the
+    real mel) and vocoded -- the acoustic model's spectral error without its timing error -- and that
+    mel against the real one frame for frame (no vocoder, no DTW: metrics/speech.mcd_aligned);
+  * with `breakdown`, the ceiling and the chain once more without the vocoder's mel consistency (which
+    pulls a resynthesis toward the mel it is given and so lowers the ceiling);
 
 scored against the real rendering of the same sentence: mel-cepstral distortion after DTW
 (metrics/speech.py), the total-duration error, the per-symbol duration error against the model's own
@@ -21,15 +26,16 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.audio import read_audio, write_wav
-from ..data.mel import griffin_lim
+from ..data.mel import griffin_lim, mel_magnitude
 from ..data.mel_check import clamp_to_range
 from ..data.tts import SPLITS, TTSDataset, tts_mel_config
 from ..engine.plots import plot_spectrograms
-from ..metrics.speech import mcd_dtw
+from ..metrics.speech import mcd_aligned, mcd_dtw
 from ..modalities.audio import mel_config
 from ..modalities.base import Trained
-from ..pipelines.say import front_end, synthesize, vocode_spoken
+from ..pipelines.say import front_end, synthesize, synthesize_aligned, vocode_spoken
 from ..pipelines.vocode import vocode
+from ..utils import added_key
 from .tables import markdown_table, write_result
 
 
@@ -40,6 +46,7 @@ class TTSEvalConfig:
     splits: list[str] = field(default_factory=lambda: ["dev", "eval"])
     save_wavs: int = 3                 # per split
     mcd_order: int = 24                # mel-cepstral coefficients c_1..c_order
+    breakdown: bool = added_key(True)  # also the chain and its ceiling without the vocoder's mel consistency
 
     def __post_init__(self):
         bad = [s for s in self.splits if s not in SPLITS]
@@ -77,6 +84,18 @@ def _vocode_real(voc: Trained | None, mel, cfg, device, bf16, seed: int, steps=N
                   consistency=v.consistency if consistency is None else consistency)
 
 
+def _consistency(voc: Trained | None, vkw: dict) -> int:
+    """The mel-consistency iterations a vocoder runs with here (0 for Griffin-Lim)."""
+    if voc is None:
+        return 0
+    return voc.sections["vocode"].consistency if vkw["consistency"] is None else vkw["consistency"]
+
+
+def _log_amplitude(mel: torch.Tensor, cfg) -> torch.Tensor:
+    """Natural-log mel amplitude of a feature mel (what mel cepstra expand)."""
+    return torch.log(mel_magnitude(mel.float(), cfg).clamp(min=1e-5))
+
+
 def _mean(values):
     vals = [v for v in values if v is not None and math.isfinite(v)]
     return sum(vals) / len(vals) if vals else float("nan")
@@ -107,8 +126,9 @@ def evaluate(run, tts: Trained, vocoders: dict, device, bf16: bool) -> dict:
     for split in splits:
         ds = TTSDataset(run.dir, split)
         n = min(ev.n, len(ds))
-        per = {"ceiling": {k: [] for k in vocoders}, "chain": {k: [] for k in vocoders}}
-        dur_err, sym_mae = [], []
+        scores: dict[str, list] = {}  # row label -> per-utterance MCD-DTW (dB)
+        rtf = {name: [] for name in vocoders}
+        dur_err, sym_mae, mel_mcd = [], [], []
         for i in range(n):
             it = ds.items[i]
             ids, mel, _ = ds[i]
@@ -129,16 +149,26 @@ def evaluate(run, tts: Trained, vocoders: dict, device, bf16: bool) -> dict:
             true_d = path[0].sum(-1).cpu()
             if len(true_d) == len(sp.durations):
                 sym_mae.append(float((sp.durations - true_d).abs().mean()) * hop / sr * 1000)
+            # the breakdown: the decoder on the real durations (its spectral error alone, frame for frame)
+            gta = synthesize_aligned(tts, [ids.tolist()], [mel], settings, device, bf16,
+                                     [spk] if spk is not None else None, seed=settings.seed)[0]
+            mel_mcd.append(mcd_aligned(_log_amplitude(mel, cfg), _log_amplitude(clamp_to_range(gta, cfg), cfg),
+                                       ev.mcd_order))
             shown = {"real": real}
             for name, voc in vocoders.items():
+                def score(label, wav):
+                    scores.setdefault(label.format(name=name), []).append(mcd_dtw(real, wav, sr, ev.mcd_order, hop))
                 wav_c = _vocode_real(voc, mel, cfg, device, bf16, i, **vkw)
-                per["ceiling"][name].append(mcd_dtw(real, wav_c, sr, ev.mcd_order, hop))
+                score(CEILING, wav_c)
                 t1 = time.perf_counter()
                 vocode_spoken(spoken, voc, cfg, device, bf16, i, **vkw)
-                secs = t_am + time.perf_counter() - t1
-                wav_t = spoken[0].wav
-                per["chain"][name].append((mcd_dtw(real, wav_t, sr, ev.mcd_order, hop),
-                                           secs / (wav_t.shape[-1] / sr)))
+                rtf[name].append((t_am + time.perf_counter() - t1) / (sp.wav.shape[-1] / sr))
+                wav_t = sp.wav
+                score(CHAIN, wav_t)
+                score(CHAIN_REAL_DURATIONS, _vocode_real(voc, gta, cfg, device, bf16, i, **vkw))
+                if ev.breakdown and _consistency(voc, vkw) > 0:  # the same without the vocoder's mel projection
+                    score(CEILING_PLAIN, _vocode_real(voc, mel, cfg, device, bf16, i, vkw["steps"], 0))
+                    score(CHAIN_PLAIN, _vocode_real(voc, sp.mel, cfg, device, bf16, i, vkw["steps"], 0))
                 tag = name.replace(" ", "_").replace("-", "_")
                 if i < ev.save_wavs:
                     write_wav(out_dir / f"{split}_{i:02d}_{tag}_real_mel.wav", wav_c, sr)
@@ -150,16 +180,25 @@ def evaluate(run, tts: Trained, vocoders: dict, device, bf16: bool) -> dict:
             if figure is None:
                 figure = shown
                 plot_spectrograms(shown, sr, out_dir / "spectrograms.png", hop=hop)
+        mean = {label: _mean(v) for label, v in scores.items()}
+        base = {"split": split, "utterances": n}
+        rows.append({**base, "method": MEL_ONLY, "mcd_dtw": _mean(mel_mcd)})
         for name in vocoders:
-            ceiling = _mean(per["ceiling"][name])
-            rows.append({"split": split, "utterances": n, "method": f"{name} on the real mel (ceiling)",
-                         "mcd_dtw": ceiling})
-            chain = _mean([m for m, _ in per["chain"][name]])
-            rows.append({"split": split, "utterances": n, "method": f"text -> acoustic model -> {name}",
-                         "mcd_dtw": chain, "gap_db": chain - ceiling, "duration_error_pct": _mean(dur_err),
-                         "symbol_duration_mae_ms": _mean(sym_mae), "rtf": _mean([r for _, r in per["chain"][name]])})
+            ceiling, chain, on_real = (mean[label.format(name=name)] for label in (CEILING, CHAIN, CHAIN_REAL_DURATIONS))
+            rows.append({**base, "method": CEILING.format(name=name), "mcd_dtw": ceiling})
+            rows.append({**base, "method": CHAIN.format(name=name), "mcd_dtw": chain, "gap_db": chain - ceiling,
+                         "gap_timing_db": chain - on_real, "gap_spectrum_db": on_real - ceiling,
+                         "duration_error_pct": _mean(dur_err), "symbol_duration_mae_ms": _mean(sym_mae),
+                         "rtf": _mean(rtf[name])})
+            rows.append({**base, "method": CHAIN_REAL_DURATIONS.format(name=name), "mcd_dtw": on_real,
+                         "gap_db": on_real - ceiling})
+            if CEILING_PLAIN.format(name=name) in mean:
+                plain_ceiling, plain_chain = mean[CEILING_PLAIN.format(name=name)], mean[CHAIN_PLAIN.format(name=name)]
+                rows.append({**base, "method": CEILING_PLAIN.format(name=name), "mcd_dtw": plain_ceiling})
+                rows.append({**base, "method": CHAIN_PLAIN.format(name=name), "mcd_dtw": plain_chain,
+                             "gap_db": plain_chain - plain_ceiling})
     for r in rows:
-        run.log(f"[evaluate] {r['split']}: {r['method']}: MCD-DTW {r['mcd_dtw']:.2f} dB"
+        run.log(f"[evaluate] {r['split']}: {r['method']}: MCD {r['mcd_dtw']:.2f} dB"
                 + (f", duration error {r['duration_error_pct']:.1f}%, RTF {r['rtf']:.3f}" if "rtf" in r else ""))
     result = {"splits": splits, "checkpoint": str(tts.checkpoint), "precision": "bf16" if bf16 else "fp32",
               "vocoder_steps": vc.steps or "the vocoder's", "vocoder_consistency": vc.consistency
@@ -169,6 +208,16 @@ def evaluate(run, tts: Trained, vocoders: dict, device, bf16: bool) -> dict:
     return write_result(run.dir, result, markdown_table(rows, COLUMNS))
 
 
-COLUMNS = {"split": "split", "utterances": "utterances", "method": "method", "mcd_dtw": ("MCD-DTW (dB)", ".2f"),
-           "gap_db": ("gap to ceiling (dB)", ".2f"), "duration_error_pct": ("total duration error (%)", ".1f"),
+# the rows of a split, per vocoder ({name}); what the chain's gap to its ceiling is made of: the chain on the real
+# durations has the acoustic model's spectral error only, so chain - that = timing, that - ceiling = spectrum
+CEILING = "{name} on the real mel (ceiling)"
+CHAIN = "text -> acoustic model -> {name}"
+CHAIN_REAL_DURATIONS = "text + the real durations -> acoustic model -> {name}"
+CEILING_PLAIN = "{name} on the real mel, no mel consistency (ceiling)"
+CHAIN_PLAIN = "text -> acoustic model -> {name}, no mel consistency"
+MEL_ONLY = "acoustic model on the real durations vs the real mel (no vocoder, no DTW)"
+
+COLUMNS = {"split": "split", "utterances": "utterances", "method": "method", "mcd_dtw": ("MCD (dB)", ".2f"),
+           "gap_db": ("gap to ceiling (dB)", ".2f"), "gap_timing_db": ("of which timing (dB)", ".2f"),
+           "gap_spectrum_db": ("of which spectrum (dB)", ".2f"), "duration_error_pct": ("total duration error (%)", ".1f"),
            "symbol_duration_mae_ms": ("per-symbol duration error (ms)", ".1f"), "rtf": ("real-time factor", ".3f")}
