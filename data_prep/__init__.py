@@ -2,7 +2,9 @@
 recipes: espeak_corpus, ljspeech, sc09 (audio), moving_digits, ucf101 (video)."""
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 
 class PrepError(RuntimeError):
@@ -17,3 +19,17 @@ def run_stage(stage, *args):
     except PrepError as e:
         print(f"error: {e}", file=sys.stderr)
         return None, 1
+
+
+def check_output_folder(out: Path, options: dict) -> None:
+    """A clip-writing stage's --out: new or empty, or made by this stage with the same `options` (its
+    manifest.json says so: the stage then continues, skipping the clips already written); else one PrepError."""
+    stamp = out / "manifest.json"
+    if stamp.is_file():
+        old = json.loads(stamp.read_text()).get("options", {})
+        if old != options:
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in options.items() if old.get(k) != v)
+            raise PrepError(f"'{out}' holds clips made with other options ({diff}): choose another --out, or "
+                            f"delete '{out}' to rebuild it")
+    elif out.is_dir() and any(out.iterdir()):
+        raise PrepError(f"'{out}' is not empty and has no manifest.json: choose another --out, or empty it")

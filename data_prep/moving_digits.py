@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from multidiff.data.image import ImageData, build_image_dataset
 from multidiff.data.video import write_video
 from multidiff.utils import atomic_path, write_text
-from data_prep import PrepError, run_stage
+from data_prep import PrepError, check_output_folder, run_stage
 
 VERSION = 1
 SPLITS = {"train": 0, "test": 1}
@@ -104,15 +104,8 @@ def build(out: Path, n: int = 1000, n_test: int | None = None, frames: int = 16,
         raise PrepError(f"--digits 1 makes clip i show digit i % 10: give --n >= 10 so every class is there, got {n}")
     opts = dict(version=VERSION, frames=frames, size=size, digit_size=digit_size, digits=digits, fps=fps, seed=seed,
                 crf=crf)
+    check_output_folder(out, opts)
     stamp = out / "manifest.json"
-    if stamp.is_file():
-        old = json.loads(stamp.read_text()).get("options", {})
-        if old != opts:
-            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in opts.items() if old.get(k) != v)
-            raise PrepError(f"'{out}' holds clips made with other options ({diff}): choose another --out, or "
-                            f"delete '{out}' to rebuild it")
-    elif out.is_dir() and any(out.iterdir()):
-        raise PrepError(f"'{out}' is not empty and has no manifest.json: choose another --out, or empty it")
 
     sources, plans = {}, {}
     for split, count in (("train", n), ("test", n_test)):

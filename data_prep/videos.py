@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from multidiff.data.video_read import VIDEO_EXTENSIONS, _decode, _reason, _to_float
 from multidiff.data.video_write import write_video
 from multidiff.utils import write_text
-from data_prep import PrepError, run_stage
+from data_prep import PrepError, check_output_folder, run_stage
 
 VERSION = 1
 
@@ -85,15 +85,8 @@ def build(src, out, size: int = 64, frames: int = 16, fps: float = 0.0, channels
     files, classes = find_videos(src)
     opts = dict(version=VERSION, src=str(src.resolve()), size=size, frames=frames, fps=fps, channels=channels,
                 clips_per_video=clips_per_video, test_share=test_share, crf=crf)
+    check_output_folder(out, opts)
     stamp = out / "manifest.json"
-    if stamp.is_file():
-        old = json.loads(stamp.read_text()).get("options", {})
-        if old != opts:
-            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in opts.items() if old.get(k) != v)
-            raise PrepError(f"'{out}' holds clips made with other options ({diff}): choose another --out, or delete "
-                            f"'{out}' to rebuild it")
-    elif out.is_dir() and any(out.iterdir()):
-        raise PrepError(f"'{out}' is not empty and has no manifest.json: choose another --out, or empty it")
 
     splits = {rel: split_of(rel, test_share) for rel, _ in files}
     if len(files) > 1:  # every split gets a video (tiny folders)
