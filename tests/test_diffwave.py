@@ -344,6 +344,21 @@ def test_fast_path_follows_weight_and_mel_changes():
         torch.testing.assert_close(m(x, t, mel=mel), want_c, atol=1e-6, rtol=1e-5)
 
 
+def test_the_conditioner_is_cached_from_a_mels_third_call_on():
+    """A mel's first two calls (all of a 1- or 2-step student's) ride along in the GEMM; from its third call
+    the conditioner term is computed once and reused; either way the output is the module path's."""
+    m = randomize(DiffWave(**TINY))
+    x, t, mel = rand(1, 1, 64), torch.tensor([9.0]), rand(1, 6, 4, seed=1)
+    m.fast = False
+    with torch.no_grad():
+        want = m(x, t, mel=mel)
+    m.fast = True
+    with torch.no_grad():
+        for call in range(4):
+            torch.testing.assert_close(m(x, t, mel=mel), want, atol=1e-6, rtol=1e-5)
+            assert len(m._cond_cache) == (0 if call < 2 else 1), call
+
+
 def test_gradients_flow_and_denoiser_contract():
     m = randomize(DiffWave(**TINY)).train()
     x, mel = rand(2, 1, 64), rand(2, 6, 4, seed=1)

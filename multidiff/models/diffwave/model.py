@@ -261,6 +261,7 @@ class DiffWave(nn.Module):
         self.cond_cache_mb = 1024   # largest conditioner cache (MiB); bigger inputs recompute it per call
         self._packs: dict = {}
         self._cond_cache: list = []
+        self._cond_seen: list = []  # calls per mel so far (fast.py caches a conditioner from the third on)
 
     @property
     def null_label(self) -> int:
