@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vocode long inputs in overlapping chunks of this many frames (0 = in one piece)")
     v.add_argument("--consistency", type=whole(0),
                    help="mel-consistency iterations on every clean estimate (0 = off)")
+    v.add_argument("--eta", type=number(minimum=0),
+                   help="ddim noise scale (a progressive student: fresh noise between its jumps); default: "
+                        "[vocode] eta")
     v.add_argument("--seed", type=SEED, default=0)
     v.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     v.set_defaults(func=cmd_vocode)

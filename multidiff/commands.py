@@ -10,6 +10,7 @@ import torch
 
 from . import kinds
 from .app.server import serve as serve_app
+from .core.samplers import ETA_SAMPLERS
 from .data.audio import write_wav
 from .engine.distributed import init_distributed, shutdown
 from .engine.precision import resolve_precision
@@ -225,13 +226,16 @@ def cmd_vocode(args) -> int:
     inputs = list({Path(p).expanduser().resolve(): Path(p) for p in args.input}.values())  # a file named twice: once
     targets = _vocode_targets(inputs, args.out, args.overwrite)
     mels = [ref.modality.read_mel(p, sections) for p in inputs]  # every input read before any work
-    trained = ref.load()
     v, sr = sections["vocode"], sections["data"].sample_rate
+    sampler, eta = args.sampler or v.sampler, args.eta if args.eta is not None else v.eta_or_none()
+    if eta is not None and sampler not in ETA_SAMPLERS:
+        raise UserError(f"eta is the noise scale of {' / '.join(ETA_SAMPLERS)}; '{args.run_dir}' vocodes with "
+                        f"{sampler}: add --sampler ddim, or drop --eta (and [vocode] eta)")
+    trained = ref.load()
     for i, (mel, target) in enumerate(zip(mels, targets)):
         wav = vocode(trained, mel, args.steps or v.steps, dev, bf16, torch.Generator().manual_seed(args.seed + i),
-                     sampler=args.sampler or v.sampler,
+                     sampler=sampler, eta=eta, overlap=v.overlap_frames,
                      chunk_frames=args.chunk_frames if args.chunk_frames is not None else v.chunk_frames,
-                     overlap=v.overlap_frames,
                      consistency=args.consistency if args.consistency is not None else v.consistency)
         write_wav(target, wav, sr)
         print(f"wrote {target} ({wav.shape[-1] / sr:.2f} s, from {trained.checkpoint.name})")

@@ -178,6 +178,15 @@ def test_a_student_is_an_ordinary_run_of_its_teachers_kind(teacher, student2, tm
         assert np.array_equal(out[keep], signal[keep]) and np.isfinite(out).all()
     # its sample stage ran with its own steps
     assert (student2 / "stages/sample.json").is_file() and np.load(student2 / "samples/final.npy").shape == (8, 64)
+    # fresh noise between its jumps (--eta): DDIM with that eta on its own levels, the same clean estimates
+    s = trained(student2)
+    kw = s.modality.sampling(s.sections, "ddim", 2, eta=1.0)
+    assert kw["eta"] == 1.0 and torch.equal(kw["timesteps"], s.modality.sampling(s.sections, "ddim", 2)["timesteps"])
+    den, g = s.denoiser("cpu", False), lambda: torch.Generator().manual_seed(5)
+    stochastic = s.sample(den, Z, g(), Y, "cpu", **kw)
+    assert torch.equal(stochastic, sample(den, Z, "ddim", timesteps=kw["timesteps"], eta=1.0, cond=Y, generator=g()))
+    assert rms(stochastic, student_samples(student2, 2)) > 0.05
+    cli("sample", student2, "--eta", 1, "--n", 2, "--out", tmp_path / "eta.npy")
     # another step count is one clear refusal naming the one it has
     err = refused(capsys, "sample", student2, "--steps", 4, "--out", tmp_path / "y.npy")
     assert "distilled for 2 sampling steps" in err and "--steps 2" in err
@@ -313,7 +322,7 @@ def test_the_fewstep_benchmarks_diffusers_model_is_the_digits_teachers_size():
     assert forward_gflops(theirs, lambda m, x, t: m(x, t).sample, x) == pytest.approx(ours, rel=0.03)
 
 
-def test_a_vocoder_student_keeps_the_mel_conditioning_and_the_noise_prior(tmp_path):
+def test_a_vocoder_student_keeps_the_mel_conditioning_and_the_noise_prior(tmp_path, capsys):
     tiny = ["model.residual_channels=8", "model.residual_layers=4", "model.dilation_cycle=2", "train.steps=4",
             "train.batch_size=4", "train.checkpoint_every=2", "train.warmup_steps=1", "train.log_every=1",
             "train.threads=1", "data.crop_frames=8", "model.noise_prior=mel_envelope", "eval.n=1", "eval.steps=[6]",
@@ -334,6 +343,19 @@ def test_a_vocoder_student_keeps_the_mel_conditioning_and_the_noise_prior(tmp_pa
     wav = next((tmp_path / "corpus/wavs").glob("*.wav"))
     cli("vocode", tmp_path / "student", "--input", wav, "--out", tmp_path / "out.wav")
     assert (tmp_path / "out.wav").stat().st_size > 1000
+    # fresh noise between the student's jumps: --eta, or [vocode] eta (here set when distilling; its evaluation too)
+    cli("vocode", tmp_path / "student", "--input", wav, "--eta", 1, "--out", tmp_path / "eta.wav")
+    assert (tmp_path / "eta.wav").read_bytes() != (tmp_path / "out.wav").read_bytes()
+    cli("distill", tmp_path / "teacher", "--steps", 2, "--out", tmp_path / "student", "distill.start_steps=4",
+        "distill.round_steps=4", "vocode.eta=1", "--force", "evaluate")
+    assert load_run(tmp_path / "student", kinds.schema_of)["vocode"].eta == 1.0
+    again = {r["method"]: r for r in json.loads((tmp_path / "student/eval.json").read_text())["rows"]}
+    assert again["diffwave_2"]["log_mel_db"] != rows["diffwave_2"]["log_mel_db"]
+    # the teacher's ancestral sampler takes no eta: one line, before its weights load
+    capsys.readouterr()
+    assert main([str(a) for a in ["vocode", tmp_path / "teacher", "--input", wav, "--eta", 1, "--out",
+                                  tmp_path / "t.wav"]]) == 2
+    assert "add --sampler ddim" in capsys.readouterr().err and not (tmp_path / "t.wav").exists()
 
 
 # ---- bad input: one line each ----------------------------------------------------------------------------------
@@ -370,6 +392,8 @@ def test_what_cannot_be_distilled_or_sampled_is_one_clear_line(teacher, student2
     assert "is the teacher's run" in refused(capsys, "distill", teacher / "teacher", "--steps", 2, "--out",
                                              teacher / "teacher")
     assert "consistency student" in refused(capsys, "distill", consistency_student, "--steps", 1, *out)
+    assert "already draws fresh noise" in refused(capsys, "sample", consistency_student, "--eta", 1,
+                                                  "--out", tmp_path / "c.npy")
     # and a student asked for steps it was not distilled for (sample and inpaint alike)
     np.save(tmp_path / "signal.npy", np.zeros(64, dtype=np.float32))
     assert "distilled for 2 sampling steps" in refused(

@@ -82,7 +82,7 @@ def evaluate(run, trained: Trained, device, bf16: bool) -> dict:
             t0 = time.perf_counter()
             est = vocode(net, mel, steps, device, bf16, torch.Generator().manual_seed(i), sampler=s["vocode"].sampler,
                          chunk_frames=s["vocode"].chunk_frames, overlap=s["vocode"].overlap_frames,
-                         consistency=consistency)
+                         consistency=consistency, eta=s["vocode"].eta_or_none())
             secs = time.perf_counter() - t0
             per[name].append({**_scores(ref, est, sr, hop), "rtf": real_time_factor(secs, ref.shape[-1], sr)})
             if i == 0:

@@ -43,6 +43,10 @@ class VocodeConfig:
     overlap_frames: int = 16
     seed: int = 0
     consistency: int = added_key(0)   # > 0: mel-consistency iterations per clean estimate (data/mel_consistency.py)
+    eta: float = added_key(-1.0)      # ddim's noise scale; < 0: the sampler's default (ddim 0; ddpm takes none)
+
+    def eta_or_none(self) -> float | None:
+        return self.eta if self.eta >= 0 else None
 
 
 def mel_config(sections: dict) -> MelConfig:

@@ -7,7 +7,10 @@ sample it on the levels it was distilled for, with the update it learned:
 
   progressive   deterministic DDIM on progressive_timesteps(N) (euler is the same update), and only the
                 N it was distilled for: a 2-step student has learned two particular jumps, and 4 steps
-                of it are not a finer version of them (asked for another N, it refuses, naming its N)
+                of it are not a finer version of them (asked for another N, it refuses, naming its N).
+                DDIM's eta > 0 (--eta, [sample] / [vocode] eta) keeps the jumps' clean estimates and
+                draws part of the noise between them afresh: it learned eta 0, but fresh noise undoes
+                some of a jump's error instead of carrying it into the next (measured: docs/distillation.md)
   consistency   multistep consistency sampling on consistency_levels(n) for any n >= 1 (its view is the
                 consistency function, core/distillation.py); [distill] steps are the n it was evaluated with
 
@@ -115,15 +118,18 @@ class StudentModality:
         if sampler not in own:
             raise UserError(f"this {d.method} student samples with {' or '.join(own)} (what it was distilled for), "
                             f"not {sampler}: drop --sampler, or name {own[0]}")
-        if eta:
-            raise UserError(f"this {d.method} student samples deterministically (it learned eta 0): drop --eta")
         if d.method == "consistency":
+            if eta:
+                raise UserError("a consistency student already draws fresh noise at each of its levels: drop --eta")
             return {"sampler": sampler, "sigmas": consistency_levels(sched, steps)}
         if steps not in d.steps:
             raise UserError(f"this progressive student was distilled for {d.steps[0]} sampling steps and cannot take "
                             f"{steps}: use --steps {d.steps[0]} (or distill a {steps}-step student: multidiff distill "
                             f"TEACHER --steps {steps})")
-        return {"sampler": sampler, "timesteps": progressive_timesteps(sched, steps)}
+        kw = {"sampler": sampler, "timesteps": progressive_timesteps(sched, steps)}
+        if eta is not None:  # its jumps' clean estimates, with fresh noise of DDIM's eta between them
+            kw["eta"] = eta
+        return kw
 
     def sample_settings(self, sections: dict):
         d = self.distill

@@ -157,7 +157,7 @@ def vocode_spoken(spoken: list[Spoken], vocoder: Trained | None, cfg: MelConfig,
         v = vocoder.sections["vocode"]
         sp.wav = vocode(vocoder, mel, steps or v.steps, device, bf16, torch.Generator().manual_seed(seed + i),
                         sampler=v.sampler, chunk_frames=v.chunk_frames, overlap=v.overlap_frames,
-                        consistency=v.consistency if consistency is None else consistency)
+                        consistency=v.consistency if consistency is None else consistency, eta=v.eta_or_none())
 
 
 def join(waves: list[torch.Tensor], pause_samples: int) -> torch.Tensor:
