@@ -78,12 +78,14 @@ def evaluate(run, models: dict[str, Trained], device, bf16: bool, students: dict
                     row["label_agreement"] = float((clf(x).argmax(1) == labels).double().mean())
             rows.append(row)
             shown.append(x[:8])
-            run.log(f"[evaluate] {kind}/{model_name}/{method}: psnr {row['psnr_filled']:.2f} ssim {row['ssim_filled']:.3f}"
+            run.log(f"[evaluate] {kind}/{model_name}/{method}: psnr {row['psnr_filled']:.2f} "
+                    f"ssim {row['ssim_filled']:.3f}"
                     + (f" labels {row['label_agreement']:.3f}" if clf is not None else ""))
         panels.append(torch.cat(shown))
     grid = save_image_grid(torch.cat(panels), run.dir / "samples" / "inpainting.png", nrow=8)
-    result = {"rows": rows, "grid": str(grid), "layout": "per mask kind: originals, masked, then one row per model and method "
-              f"({', '.join(f'{n}/{m}' for n, m, _, _ in entries)})", "precision": "bf16" if bf16 else "fp32"}
+    layout = ("per mask kind: originals, masked, then one row per model and method "
+              f"({', '.join(f'{n}/{m}' for n, m, _, _ in entries)})")
+    result = {"rows": rows, "grid": str(grid), "layout": layout, "precision": "bf16" if bf16 else "fp32"}
     if clf is not None:
         with torch.no_grad():
             result["label_agreement_originals"] = float((clf(originals).argmax(1) == labels).double().mean())

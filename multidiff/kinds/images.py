@@ -87,13 +87,13 @@ class ImageInpaintingKind(ImageKind):
         for path in run["inpaint"].students:
             where = Path(path)
             if not (where / "config.toml").is_file():
-                raise UserError(f"inpaint.students: '{where}' is not a run directory (no config.toml): make the student "
-                                f"with multidiff distill {run.dir} --steps 4 --out {where}")
+                raise UserError(f"inpaint.students: '{where}' is not a run directory (no config.toml): make the "
+                                f"student with multidiff distill {run.dir} --steps 4 --out {where}")
             sections = load_sections(where, ImageKind().schema())
             if sections["recipe"].kind != "image" or not is_student(sections) or not same_model(sections, plain):
-                raise UserError(f"inpaint.students: '{where}' is not a distilled student of {run.dir / 'unconditional'} "
-                                f"(its model, data or schedule differ): make one with multidiff distill {run.dir} "
-                                f"--steps 4 --out STUDENT")
+                raise UserError(f"inpaint.students: '{where}' is not a distilled student of "
+                                f"{run.dir / 'unconditional'} (its model, data or schedule differ): make one with "
+                                f"multidiff distill {run.dir} --steps 4 --out STUDENT")
             d = sections["distill"]
             name = f"{d.method} student, {default_steps(d)} steps"
             out[name if name not in out else f"{name} ({where})"] = ImageKind().model(
