@@ -7,7 +7,9 @@ clean data). The levels of 2N steps are those and their midpoints, so the studen
 t_k to t_{k-1} is trained to land where its teacher's two DDIM steps land: the x0-space target is the
 x0 that makes a single DDIM step reach the teacher's result (the paper's Algorithm 2), weighted by
 max(SNR, 1) (its "truncated SNR" weighting: the x0 error where the signal dominates, the eps error
-where the noise does). Each round's student is the next round's teacher.
+where the noise does). Each round's student is the next round's teacher. The first round's teacher
+may step by DPM-Solver++(2S) instead (`dpmpp_2s_move`): DDIM is first order, and on few levels the
+chain would otherwise learn its discretisation error as the target.
 
 Consistency distillation (Song et al. 2023). A consistency function f(x, sigma) maps every point of
 the teacher's probability-flow ODE trajectory to the trajectory's clean end. It is parameterised on
@@ -52,6 +54,22 @@ def grid_alpha_bar(schedule, points: int) -> torch.Tensor:
 def ddim_move(est: Estimate, abar_to: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) to the per-sample levels abar_to [B], given the estimate at the current one."""
     return bcast(abar_to.sqrt(), like) * est.x0 + bcast((1 - abar_to).sqrt(), like) * est.eps
+
+
+def dpmpp_2s_move(est: Estimate, clean_at, z: torch.Tensor, abar_from: torch.Tensor,
+                  abar_to: torch.Tensor) -> torch.Tensor:
+    """One DPM-Solver++(2S) step (Lu et al. 2022, r = 1/2) from z (per-sample level abar_from [B]) to abar_to:
+    DDIM to the level half way in log-SNR, the clean estimate there (`clean_at(u, abar_mid)`), and the whole
+    step by DDIM with that estimate. DDIM is exact where the clean estimate stays constant along the step;
+    this is second order where it does not. Samples that start at pure noise or end on clean data (log-SNR
+    infinite: no half way) keep the DDIM step, as DPM-Solver++'s last step does."""
+    inner = (abar_from > 0) & (abar_to < 1)
+    half_way = (torch.logit(abar_from.clamp(1e-300, 1)) + torch.logit(abar_to.clamp(0, 1 - 1e-16))) / 2  # log-SNR
+    mid = torch.where(inner, torch.sigmoid(half_way), abar_to)
+    x0 = clean_at(ddim_move(est, mid, z), mid)
+    eps = (z - bcast(abar_from.sqrt(), z) * x0) / bcast((1 - abar_from).sqrt(), z)
+    second = ddim_move(Estimate(x0, eps), abar_to, z)
+    return torch.where(bcast(inner.double(), z) > 0, second, ddim_move(est, abar_to, z))
 
 
 def progressive_target(z_t: torch.Tensor, z_s: torch.Tensor, abar_t: torch.Tensor,

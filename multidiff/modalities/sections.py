@@ -120,6 +120,7 @@ class SampleConfig:
 
 DISTILL_METHODS = ("progressive", "consistency")
 CONSISTENCY_ODES = ("heun", "euler")
+PROGRESSIVE_SOLVERS = ("ddim", "dpmpp_2s")
 
 
 @dataclass
@@ -137,6 +138,9 @@ class DistillConfig:
     warmup_steps: int = 20
     grid: int = 18                  # consistency: Karras levels of the teacher's ODE (N of Song et al.: 18)
     ode: str = "heun"               # consistency: the teacher's step between neighbouring levels: heun | euler
+    # progressive: the first round's teacher steps (later rounds' teachers are students: their DDIM jumps):
+    # ddim (Salimans & Ho) | dpmpp_2s (DPM-Solver++(2S): second order, twice the teacher calls)
+    teacher_solver: str = added_key("ddim")
     target_ema: float = 0.95        # consistency: EMA decay of the target network (mu)
     teacher: str = ""               # a student: the run it was distilled from (its previous round, for progressive)
     teacher_checkpoint: str = ""    # a student: that run's checkpoint and the sha256 of its EMA weights
@@ -144,6 +148,8 @@ class DistillConfig:
     def __post_init__(self):
         if self.method not in DISTILL_METHODS:
             raise ValueError(f"distill.method = {self.method!r} is not one of {DISTILL_METHODS}")
+        if self.teacher_solver not in PROGRESSIVE_SOLVERS:
+            raise ValueError(f"distill.teacher_solver = {self.teacher_solver!r} is not one of {PROGRESSIVE_SOLVERS}")
         if self.ode not in CONSISTENCY_ODES:
             raise ValueError(f"distill.ode = {self.ode!r} is not one of {CONSISTENCY_ODES}")
         bad = [n for n in self.steps if n < 1]

@@ -28,7 +28,8 @@ from ..errors import UserError
 
 # the samplers a student takes (the first: its own, the one its config names)
 STUDENT_SAMPLERS = {"progressive": ("ddim", "euler"), "consistency": ("consistency",)}
-# the [distill] keys that change what a student learns (its fingerprint; the teacher's path is not one: runs move)
+# the [distill] keys that change what a student learns (its fingerprint; the teacher's path is not one: runs move;
+# teacher_solver, added later, joins them when it is not its default)
 IDENTITY_KEYS = ("method", "steps", "guidance", "start_steps", "grid", "ode", "target_ema", "teacher_checkpoint")
 # sections that say what the weights are, or how they were trained, rather than how the model samples
 NOT_SAMPLING = {"recipe", "data", "model", "diffusion", "train", "distill", "prep", "video", "latent", "loss"}
@@ -44,7 +45,8 @@ def student_identity(sections: dict) -> str:
     it was distilled ("" for a run that is not a student)."""
     if not is_student(sections):
         return ""
-    return "student:" + section_hash(sections, [f"distill.{k}" for k in IDENTITY_KEYS])
+    keys = [*IDENTITY_KEYS, *(["teacher_solver"] if sections["distill"].teacher_solver != "ddim" else [])]
+    return "student:" + section_hash(sections, [f"distill.{k}" for k in keys])
 
 
 def student_sampler(method: str) -> str:

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from ..core import Denoiser, GuidedModel
-from ..core.distillation import (ConsistencyObjective, consistency_grid, consistency_range, ddim_move, grid_alpha_bar,
-                                 ode_step, progressive_target, pseudo_huber, truncated_snr_weight)
+from ..core.distillation import (ConsistencyObjective, consistency_grid, consistency_range, ddim_move, dpmpp_2s_move,
+                                 grid_alpha_bar, ode_step, progressive_target, pseudo_huber, truncated_snr_weight)
 from ..core.objective_base import bcast
 from ..engine.checkpoint import load_weights_into
 from ..engine.precision import resolve_precision
@@ -141,12 +141,14 @@ class DistillTask:
 
 class ProgressiveTask(DistillTask):
     """A student of `steps` steps whose one DDIM step matches two of its teacher's (the teacher samples on the
-    2 * steps grid: the student's levels and their midpoints)."""
+    2 * steps grid: the student's levels and their midpoints), each a DDIM step or (solver "dpmpp_2s") a
+    DPM-Solver++(2S) step (two teacher calls)."""
 
-    def __init__(self, inner, teacher, objective, steps: int, guidance, num_classes, label_dropout):
+    def __init__(self, inner, teacher, objective, steps: int, guidance, num_classes, label_dropout,
+                 solver: str = "ddim"):
         super().__init__(inner, teacher, objective, guidance, num_classes, label_dropout)
         sched = objective.schedule
-        self.steps = int(steps)
+        self.steps, self.solver = int(steps), solver
         self.abar = grid_alpha_bar(sched, 2 * self.steps)                       # [2N + 1], j = 0: clean
         self.ts = (sched.T - 1) * torch.arange(2 * self.steps + 1, dtype=torch.float64) / (2 * self.steps)
 
@@ -157,12 +159,23 @@ class ProgressiveTask(DistillTask):
         ab_t, ab_m, ab_s = self.abar[j], self.abar[j - 1], self.abar[j - 2]
         z_t = bcast(ab_t.sqrt(), x0) * x0 + bcast((1 - ab_t).sqrt(), x0) * noise
         with torch.no_grad():
-            z_m = ddim_move(teacher.vp(z_t, self.ts[j], ab_t, **cond), ab_m, z_t)
-            z_s = ddim_move(teacher.vp(z_m, self.ts[j - 1], ab_m, **cond), ab_s, z_t)
+            z_m = self.move(teacher, z_t, (self.ts[j], ab_t), (self.ts[j - 1], ab_m), cond)
+            z_s = self.move(teacher, z_m, (self.ts[j - 1], ab_m), (self.ts[j - 2], ab_s), cond)
             target = progressive_target(z_t.double(), z_s.double(), ab_t, ab_s)
         x_hat = Denoiser.of(net, self.objective).vp(z_t, self.ts[j], ab_t, **cond).x0
         per = _per_sample(self.error(p, x_hat - target.to(x_hat.dtype)).square(), p.loss_kw.get("mask"))
         return (per * truncated_snr_weight(ab_t).to(per.device, per.dtype)).mean()
+
+    def move(self, teacher, z, start, end, cond):
+        """The teacher's step from level start = (t, abar) to end, both per sample."""
+        est = teacher.vp(z, start[0], start[1], **cond)
+        if self.solver == "ddim":
+            return ddim_move(est, end[1], z)
+
+        def clean_at(u, ab):  # the teacher's clean estimate at any level: its VE view finds the network's input
+            a = bcast(ab.sqrt(), u)
+            return teacher(u / a, ((1 - ab) / ab).sqrt(), **cond)
+        return dpmpp_2s_move(est, clean_at, z, start[1], end[1])
 
 
 class ConsistencyTask(DistillTask):
@@ -233,7 +246,9 @@ def train_student(run, modality, teacher: Trained, data_run, dist, resume: bool,
     drop = label_dropout if K and guidance == 1.0 else 0.0
     objective = s["diffusion"].build_objective()
     if d.method == "progressive":
-        task = ProgressiveTask(inner, teacher_den, objective, d.steps[0], guidance, K, drop)
+        # a student teacher learned DDIM jumps: its own steps are its DDIM; only the original teacher has an ODE
+        solver = "ddim" if is_student(teacher.sections) else d.teacher_solver
+        task = ProgressiveTask(inner, teacher_den, objective, d.steps[0], guidance, K, drop, solver)
     else:
         sigma_min = consistency_range(objective.schedule)[0]
         task = ConsistencyTask(inner, teacher_den, ConsistencyObjective(objective, sigma_min), student, d.grid, d.ode,
