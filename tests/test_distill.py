@@ -160,10 +160,15 @@ def test_a_consistency_model_is_the_identity_at_sigma_min_and_samples_only_with_
     cm = Denoiser.of(net, ConsistencyObjective(build_objective(sched, "v"), lo))
     x = torch.randn(3, 1, 8, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(cm(x, lo), x)                      # f(x, sigma_min) = x
-    for sigma in (0.5, 70.0):  # f = c_skip x + (1 - c_skip) D, c_skip = 0.25 / ((sigma - sigma_min)^2 + 0.25) -> 0
-        c = 0.25 / ((sigma - lo) ** 2 + 0.25)
+    # f = c x + (1 - c) D: Song et al.'s c_skip on a raw EDM network, c_cm = 0.25 / ((sigma - sigma_min)^2 + 0.25),
+    # around a denoiser that holds EDM's c_edm = 0.25 / (sigma^2 + 0.25): c = (c_cm - c_edm) / (1 - c_edm)
+    for sigma in (lo * 2, 0.5, 70.0):
+        c_cm, c_edm = 0.25 / ((sigma - lo) ** 2 + 0.25), 0.25 / (sigma**2 + 0.25)
+        c = (c_cm - c_edm) / (1 - c_edm)
         torch.testing.assert_close(cm(x, sigma), c * x + (1 - c) * plain(x, sigma))
-    assert 0.25 / ((70 - lo) ** 2 + 0.25) < 1e-4
+    # ~1 just above sigma_min, ~0 (f = the teacher's D) from the middle levels up
+    c_of = cm.objective.c_skip
+    assert c_of(lo * 1.001) > 0.99 and c_of(0.7) < 0.02 and c_of(70.0) < 1e-6 and c_of(float("inf")) == 0.0
     assert hi == 80.0 and len(consistency_levels(sched, 2)) == 2 and float(consistency_levels(sched, 1)[0]) == hi
     assert nfe("consistency", 2) == 2
     sample(cm, x, "consistency", sigmas=consistency_levels(sched, 2), generator=torch.Generator().manual_seed(0))

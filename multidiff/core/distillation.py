@@ -13,9 +13,11 @@ chain would otherwise learn its discretisation error as the target.
 
 Consistency distillation (Song et al. 2023). A consistency function f(x, sigma) maps every point of
 the teacher's probability-flow ODE trajectory to the trajectory's clean end. It is parameterised on
-top of the network's clean estimate D as f = c_skip x + (1 - c_skip) D with
-c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2), so f(x, sigma_min) = x exactly (the boundary
-condition that keeps the training from collapsing) and f ~ D at high noise. Training makes f agree at
+top of the network's clean estimate D as f = c_skip x + (1 - c_skip) D with c_skip =
+(c_cm - c_edm) / (1 - c_edm), c_cm = sd^2 / ((sigma - sigma_min)^2 + sd^2) and c_edm = sd^2 / (sigma^2 + sd^2):
+Song et al.'s parameterisation of an EDM network, expressed around a denoiser. So f(x, sigma_min) = x
+exactly (the boundary condition that keeps the training from collapsing) and f ~ D elsewhere, so the
+student starts as its teacher's denoiser. Training makes f agree at
 neighbouring levels of a Karras grid, one of them reached by the teacher's ODE step (Heun or Euler);
 multistep sampling (samplers.consistency) denoises, re-noises to the next level and denoises again.
 """
@@ -132,8 +134,9 @@ def pseudo_huber(err: torch.Tensor, c: float = PSEUDO_HUBER_C) -> torch.Tensor:
 
 
 class ConsistencyObjective(Objective):
-    """A consistency function on top of any objective's clean estimate D: f = c_skip x + (1 - c_skip) D,
-    c_skip(sigma) = sd^2 / ((sigma - sigma_min)^2 + sd^2) (Song et al. 2023's c_skip), so f(x, sigma_min) = x.
+    """A consistency function on top of any objective's clean estimate D: f = c_skip x + (1 - c_skip) D with
+    c_skip(sigma) Song et al. 2023's c_skip re-expressed around a denoiser (`c_skip`), so f(x, sigma_min) = x and
+    f ~ D at the start.
     A Denoiser over it is a consistency model: its view is f, for every sampler wrapper (guidance, masks,
     projections) alike. `consistency` marks it for the sampler check in sample()."""
 
@@ -146,13 +149,23 @@ class ConsistencyObjective(Objective):
         self.weighting, self.min_snr_gamma, self.loss_type = inner.weighting, inner.min_snr_gamma, inner.loss_type
 
     def c_skip(self, sigma):
-        sd = self.sigma_data
+        """The share of x in f: (c_cm - c_edm) / (1 - c_edm), c_cm = sd^2 / ((sigma - sigma_min)^2 + sd^2) (Song
+        et al.'s c_skip on a raw network), c_edm = sd^2 / (sigma^2 + sd^2) (EDM's, already inside a denoiser D).
+        Song et al.'s f = c_cm x + c_out F around an EDM network equals its teacher's denoiser at the start and
+        becomes x at sigma_min; wrapping a D, that is this share: 1 at sigma_min, ~0 above it (at sigma 0.7: 0.002
+        for sigma_min 0.002, where c_cm alone would leak 34% of the noisy input into f, and multistep sampling,
+        which evaluates f at such levels, would pay for it)."""
+        sd2 = self.sigma_data ** 2
         if isinstance(sigma, torch.Tensor) and sigma.ndim > 0:
             s = sigma.to(torch.float64)
-            c = sd**2 / ((s - self.sigma_min).clamp(min=0) ** 2 + sd**2)
-            return torch.where(torch.isinf(s), torch.zeros_like(c), c)
+            c_cm = sd2 / ((s - self.sigma_min).clamp(min=0) ** 2 + sd2)
+            c_edm = sd2 / (s**2 + sd2)
+            return torch.where(torch.isinf(s), torch.zeros_like(s), (c_cm - c_edm) / (1 - c_edm))
         s = float(sigma)
-        return 0.0 if math.isinf(s) else sd**2 / (max(s - self.sigma_min, 0.0) ** 2 + sd**2)
+        if math.isinf(s):
+            return 0.0
+        c_cm, c_edm = sd2 / (max(s - self.sigma_min, 0.0) ** 2 + sd2), sd2 / (s**2 + sd2)
+        return (c_cm - c_edm) / (1 - c_edm)
 
     def denoise(self, raw, x, sigma):
         c = bcast(self.c_skip(sigma), x)
