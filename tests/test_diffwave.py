@@ -114,6 +114,22 @@ def test_class_dropout_trains_the_null_label_only_in_training():
         DiffWave(**{**TINY, "num_classes": 3, "class_dropout": 1.5})
 
 
+@pytest.mark.parametrize("n_mels", [6, 0])
+def test_fast_path_folds_the_step_embedding_into_the_gemm_exactly(n_mels):
+    """One waveform, conditioner not cached: the bias and the step embedding ride in each layer's GEMM
+    (conv(h + e) = conv(h) + conv(e) with zero padding fixed up within d of both ends). Dilations 1..32 on
+    32 samples, so some layers' taps reach past both ends everywhere (d >= L); then the cached conditioner
+    (the mel's third call) and a batch of two, which keep h = u + e."""
+    m = randomize(DiffWave(**{**TINY, "residual_layers": 6, "dilation_cycle": 6, "n_mels": n_mels}))
+    x, mel = rand(1, 1, 32), (rand(1, 6, 2, seed=1) if n_mels else None)
+    for call in range(3):  # the third call of a mel uses the cached conditioner
+        fast, slow = both_paths(m, x, torch.tensor([4.5]), mel=mel)
+        torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5, msg=f"call {call + 1}")
+    x2, mel2 = rand(2, 1, 32, seed=2), (rand(2, 6, 2, seed=3) if n_mels else None)
+    fast, slow = both_paths(m, x2, torch.tensor([4.5, 20.0]), mel=mel2)
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
+
+
 def test_zero_init_output_and_lmnt_init():
     m = DiffWave(**TINY).eval()
     assert not m.output_projection.weight.any()
