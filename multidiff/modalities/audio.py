@@ -20,7 +20,7 @@ from ..outputs import OutputSpec
 from ..utils import added_key, read_npy
 from .base import Known, Modality, Prepared
 from .image import is_folder
-from .sections import SampleConfig, batch_loss
+from .sections import SampleConfig, SamplerEta, batch_loss
 
 # lmnt-com/diffwave's fast 6-step inference schedule (Kong et al. 2021, Table 8)
 FAST_BETAS = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
@@ -35,7 +35,7 @@ class AudioPrepConfig:
 
 
 @dataclass
-class VocodeConfig:
+class VocodeConfig(SamplerEta):
     """The [vocode] section: default inference settings."""
     steps: int = 6                    # 6 = the fast schedule FAST_BETAS aligned to training steps; else T-step ddpm
     sampler: str = "ddpm"
@@ -44,9 +44,6 @@ class VocodeConfig:
     seed: int = 0
     consistency: int = added_key(0)   # > 0: mel-consistency iterations per clean estimate (data/mel_consistency.py)
     eta: float = added_key(-1.0)      # ddim's noise scale; < 0: the sampler's default (ddim 0; ddpm takes none)
-
-    def eta_or_none(self) -> float | None:
-        return self.eta if self.eta >= 0 else None
 
 
 def mel_config(sections: dict) -> MelConfig:

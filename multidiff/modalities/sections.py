@@ -92,8 +92,17 @@ class DiffusionConfig:
         return Denoiser.of(model, self.build_objective(), clip_x0)
 
 
+class SamplerEta:
+    """A config's `eta` field as the core sampler takes it: < 0 (the configs' default) leaves the sampler's own
+    (None); shared by [sample] and [vocode]."""
+    eta: float
+
+    def eta_or_none(self) -> float | None:
+        return self.eta if self.eta >= 0 else None
+
+
 @dataclass
-class SampleConfig:
+class SampleConfig(SamplerEta):
     """The [sample] section: how previews and the recipe's sample stage draw samples."""
     sampler: str = "dpmpp_2m"
     steps: int = 20
@@ -113,7 +122,7 @@ class SampleConfig:
     def kwargs(self) -> dict:
         kw = dict(sampler=self.sampler, steps=self.steps, spacing=self.spacing,
                   clip_x0=self.clip_x0 if self.clip_x0 > 0 else None)
-        if self.eta >= 0:
+        if self.eta_or_none() is not None:
             kw["eta"] = self.eta
         return kw
 

@@ -159,23 +159,24 @@ class ProgressiveTask(DistillTask):
         ab_t, ab_m, ab_s = self.abar[j], self.abar[j - 1], self.abar[j - 2]
         z_t = bcast(ab_t.sqrt(), x0) * x0 + bcast((1 - ab_t).sqrt(), x0) * noise
         with torch.no_grad():
-            z_m = self.move(teacher, z_t, (self.ts[j], ab_t), (self.ts[j - 1], ab_m), cond)
-            z_s = self.move(teacher, z_m, (self.ts[j - 1], ab_m), (self.ts[j - 2], ab_s), cond)
+            z_m = self.move(teacher, z_t, (self.ts[j], ab_t), ab_m, cond)
+            z_s = self.move(teacher, z_m, (self.ts[j - 1], ab_m), ab_s, cond)
             target = progressive_target(z_t.double(), z_s.double(), ab_t, ab_s)
         x_hat = Denoiser.of(net, self.objective).vp(z_t, self.ts[j], ab_t, **cond).x0
         per = _per_sample(self.error(p, x_hat - target.to(x_hat.dtype)).square(), p.loss_kw.get("mask"))
         return (per * truncated_snr_weight(ab_t).to(per.device, per.dtype)).mean()
 
-    def move(self, teacher, z, start, end, cond):
-        """The teacher's step from level start = (t, abar) to end, both per sample."""
+    def move(self, teacher, z, start, abar_to, cond):
+        """The teacher's step from level start = (t, abar) to the level abar_to, both per sample (the solvers
+        need only the end's abar: a 2S midpoint's network input comes from its sigma)."""
         est = teacher.vp(z, start[0], start[1], **cond)
         if self.solver == "ddim":
-            return ddim_move(est, end[1], z)
+            return ddim_move(est, abar_to, z)
 
         def clean_at(u, ab):  # the teacher's clean estimate at any level: its VE view finds the network's input
             a = bcast(ab.sqrt(), u)
             return teacher(u / a, ((1 - ab) / ab).sqrt(), **cond)
-        return dpmpp_2s_move(est, clean_at, z, start[1], end[1])
+        return dpmpp_2s_move(est, clean_at, z, start[1], abar_to)
 
 
 class ConsistencyTask(DistillTask):

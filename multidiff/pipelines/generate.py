@@ -19,7 +19,7 @@ def sampling_kwargs(trained: Trained, cfg: SampleConfig, **overrides) -> dict:
     spacing, eta, clip_x0), in the modality's terms (e.g. DiffWave's fast schedule)."""
     m, s = trained.modality, trained.sections
     opts = {"sampler": cfg.sampler, "steps": cfg.steps, "spacing": cfg.spacing,
-            "eta": cfg.eta if cfg.eta >= 0 else None, **overrides}
+            "eta": cfg.eta_or_none(), **overrides}
     kw = m.sampling(s, opts["sampler"], opts["steps"], opts["spacing"], opts["eta"])
     clip = cfg.clip_x0 if cfg.clip_x0 > 0 else None
     kw["clip_x0"] = opts.get("clip_x0", clip) if m.estimate_clip(s) is not None else None
