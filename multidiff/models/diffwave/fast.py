@@ -7,7 +7,7 @@ skip_projection is folded into the per-layer skip weights, and the mel condition
 sampling steps) is computed once per mel tensor and cached from its third call on. Until then the
 mel rides along in the im2col GEMM, and so does the bias (a weight row against a column of ones)
 and, for one waveform, the step embedding (its conv folded into that row): a GEMM with no separate
-bias or embedding pass, 6-9% faster per step for BASE (AMD EPYC Zen 4, bf16, 1-2 steps). fp32
+bias or embedding pass, 4-12% faster for BASE at 1-2 steps (AMD EPYC Zen 4, bf16). fp32
 agrees with the module path to ~1e-6; under bf16 autocast the GEMMs and the residual/skip streams
 run in bf16 (fp32 accumulation inside the GEMMs, the gate in fp32), with the error of bf16 autocast
 on the module path (lmnt's model under autocast): ~1-3% relative RMS of the eps prediction on
