@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from multidiff import kinds
 from multidiff.cli import main
-from multidiff.core import sample
-from multidiff.core.distillation import progressive_timesteps
+from multidiff.core import Schedule, sample
+from multidiff.core.distillation import grid_alpha_bar, progressive_timesteps
 from multidiff.engine.checkpoint import latest_checkpoint
 from multidiff.engine.runs import load_run
 from multidiff.engine.trainer import Trainer
@@ -204,6 +204,34 @@ def test_a_first_round_on_the_teachers_second_order_steps(teacher, student2):
     prints = [json.loads((latest_checkpoint(run / "checkpoints") / "state.json").read_text())["fingerprint"]
               for run in (teacher / "s4_2s", student2 / "rounds/steps_4")]
     assert prints[0] != prints[1]
+
+
+@pytest.mark.parametrize("power", [1.0, 1.5, 2.0])
+def test_progressive_levels_of_any_power_nest(power):
+    """distill.level_power: the 2N-step levels are the N-step levels and one between each two, for any power (a
+    chain's rounds halve each other's levels); power 1 is the even grid; the grid's abar is the levels' abar."""
+    sched = Schedule.cosine(200)
+    four, eight = progressive_timesteps(sched, 4, power), progressive_timesteps(sched, 8, power)
+    torch.testing.assert_close(eight[::2], four)
+    torch.testing.assert_close(grid_alpha_bar(sched, 8, power)[1:].flip(0), sched.alpha_bar_at(eight))
+    if power == 1.0:
+        torch.testing.assert_close(four, torch.tensor([199.0, 149.25, 99.5, 49.75], dtype=torch.float64))
+    else:  # shorter jumps near clean data
+        assert (four[-1] < 49.75) and (four[-2] - four[-1]) < (four[0] - four[1])
+
+
+def test_a_student_on_uneven_levels_samples_on_them_and_its_chain_keeps_them(teacher, student2, capsys):
+    cli("distill", teacher / "teacher", "--steps", 4, "--out", teacher / "s4_p2", "distill.start_steps=8",
+        "distill.round_steps=20", "distill.level_power=2", "--skip", "sample")
+    s = trained(teacher / "s4_p2")
+    kw = s.modality.sampling(s.sections, "ddim", 4)
+    torch.testing.assert_close(kw["timesteps"], progressive_timesteps(s.sections["diffusion"].build_schedule(), 4, 2.0))
+    prints = [json.loads((latest_checkpoint(run / "checkpoints") / "state.json").read_text())["fingerprint"]
+              for run in (teacher / "s4_p2", student2 / "rounds/steps_4")]
+    assert prints[0] != prints[1]
+    err = refused(capsys, "distill", teacher / "s4_p2", "--steps", 2, "--out", teacher / "s2_p1",
+                  "distill.level_power=1")
+    assert "level_power = 2.0" in err and "drop distill.level_power=1" in err
 
 
 def test_a_student_is_an_ordinary_run_of_its_teachers_kind(teacher, student2, tmp_path, capsys):

@@ -35,20 +35,22 @@ PSEUDO_HUBER_C = 0.00054  # iCT's c per sqrt(dimension) (Song & Dhariwal 2023), 
 
 
 # ---- progressive distillation ----------------------------------------------------------------------------
-def progressive_timesteps(schedule, steps: int) -> torch.Tensor:
-    """The network noise inputs of a progressive student's `steps` levels, highest first: (T - 1) k / steps for
-    k = steps .. 1 (each step ends on the next; the last one on clean data). The levels of 2N steps are the
-    N-step levels and their midpoints."""
+def progressive_timesteps(schedule, steps: int, power: float = 1.0) -> torch.Tensor:
+    """The network noise inputs of a progressive student's `steps` levels, highest first: (T - 1) (k / steps)^power
+    for k = steps .. 1 (each step ends on the next; the last one on clean data). For any power the levels of 2N
+    steps are the N-step levels and one between each two; power > 1 makes the jumps near clean data shorter
+    ([distill] level_power)."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"a student takes >= 1 steps, got {steps!r}")
     k = torch.arange(steps, 0, -1, dtype=torch.float64)
-    return (schedule.T - 1) * k / steps
+    return (schedule.T - 1) * (k / steps) ** power
 
 
-def grid_alpha_bar(schedule, points: int) -> torch.Tensor:
-    """abar at the `points` + 1 grid levels (T - 1) j / points, j = 0 .. points; j = 0 is clean data (abar = 1)."""
+def grid_alpha_bar(schedule, points: int, power: float = 1.0) -> torch.Tensor:
+    """abar at the `points` + 1 grid levels (T - 1) (j / points)^power, j = 0 .. points; j = 0 is clean data
+    (abar = 1)."""
     j = torch.arange(points + 1, dtype=torch.float64)
-    ab = schedule.alpha_bar_at((schedule.T - 1) * j / points)
+    ab = schedule.alpha_bar_at((schedule.T - 1) * (j / points) ** power)
     ab[0] = 1.0
     return ab
 

@@ -102,6 +102,10 @@ def distill_config(base: dict, method: str | None, steps: list[int] | None,
                             f"teacher's ODE: distill its teacher ('{base['distill'].teacher}') with --method "
                             f"{table['method']} instead")
         table["start_steps"] = base["distill"].steps[0]  # its own steps, halved further
+        if float(table["level_power"]) != base["distill"].level_power:
+            raise UserError(f"the teacher is a student on levels of distill.level_power = "
+                            f"{base['distill'].level_power}: its students halve those levels, so drop "
+                            f"distill.level_power={table['level_power']} (or distill its teacher anew with it)")
     try:
         cfg = from_dict(DistillConfig, table, "distill")
     except ValueError as e:

@@ -150,6 +150,9 @@ class DistillConfig:
     # progressive: the first round's teacher steps (later rounds' teachers are students: their DDIM jumps):
     # ddim (Salimans & Ho) | dpmpp_2s (DPM-Solver++(2S): second order, twice the teacher calls)
     teacher_solver: str = added_key("ddim")
+    # progressive: the students' levels (T - 1) x^p on an even grid x (1: even in t; > 1: shorter jumps near
+    # clean data); every round of a chain keeps its first round's
+    level_power: float = added_key(1.0)
     target_ema: float = 0.95        # consistency: EMA decay of the target network (mu)
     teacher: str = ""               # a student: the run it was distilled from (its previous round, for progressive)
     teacher_checkpoint: str = ""    # a student: that run's checkpoint and the sha256 of its EMA weights
@@ -170,6 +173,8 @@ class DistillConfig:
         for name in ("round_steps", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.level_power > 0 and self.level_power < float("inf")):
+            raise ValueError(f"distill.level_power must be a number > 0 (1: levels even in t), got {self.level_power}")
         if not (self.lr >= 0 and self.lr < float("inf")):
             raise ValueError(f"distill.lr must be >= 0 (0: half of train.lr), got {self.lr}")
         if not 0 <= self.target_ema < 1:

@@ -29,7 +29,7 @@ from ..errors import UserError
 # the samplers a student takes (the first: its own, the one its config names)
 STUDENT_SAMPLERS = {"progressive": ("ddim", "euler"), "consistency": ("consistency",)}
 # the [distill] keys that change what a student learns (its fingerprint; the teacher's path is not one: runs move;
-# teacher_solver, added later, joins them when it is not its default)
+# teacher_solver and level_power, added later, join them when they are not their defaults)
 IDENTITY_KEYS = ("method", "steps", "guidance", "start_steps", "grid", "ode", "target_ema", "teacher_checkpoint")
 # sections that say what the weights are, or how they were trained, rather than how the model samples
 NOT_SAMPLING = {"recipe", "data", "model", "diffusion", "train", "distill", "prep", "video", "latent", "loss"}
@@ -45,7 +45,9 @@ def student_identity(sections: dict) -> str:
     it was distilled ("" for a run that is not a student)."""
     if not is_student(sections):
         return ""
-    keys = [*IDENTITY_KEYS, *(["teacher_solver"] if sections["distill"].teacher_solver != "ddim" else [])]
+    d = sections["distill"]
+    keys = [*IDENTITY_KEYS, *(["teacher_solver"] if d.teacher_solver != "ddim" else []),
+            *(["level_power"] if d.level_power != 1.0 else [])]
     return "student:" + section_hash(sections, [f"distill.{k}" for k in keys])
 
 
@@ -128,7 +130,7 @@ class StudentModality:
             raise UserError(f"this progressive student was distilled for {d.steps[0]} sampling steps and cannot take "
                             f"{steps}: use --steps {d.steps[0]} (or distill a {steps}-step student: multidiff distill "
                             f"TEACHER --steps {steps})")
-        kw = {"sampler": sampler, "timesteps": progressive_timesteps(sched, steps)}
+        kw = {"sampler": sampler, "timesteps": progressive_timesteps(sched, steps, d.level_power)}
         if eta is not None:  # its jumps' clean estimates, with fresh noise of DDIM's eta between them
             kw["eta"] = eta
         return kw

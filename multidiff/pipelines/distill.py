@@ -145,12 +145,13 @@ class ProgressiveTask(DistillTask):
     DPM-Solver++(2S) step (two teacher calls)."""
 
     def __init__(self, inner, teacher, objective, steps: int, guidance, num_classes, label_dropout,
-                 solver: str = "ddim"):
+                 solver: str = "ddim", power: float = 1.0):
         super().__init__(inner, teacher, objective, guidance, num_classes, label_dropout)
         sched = objective.schedule
         self.steps, self.solver = int(steps), solver
-        self.abar = grid_alpha_bar(sched, 2 * self.steps)                       # [2N + 1], j = 0: clean
-        self.ts = (sched.T - 1) * torch.arange(2 * self.steps + 1, dtype=torch.float64) / (2 * self.steps)
+        self.abar = grid_alpha_bar(sched, 2 * self.steps, power)                # [2N + 1], j = 0: clean
+        j = torch.arange(2 * self.steps + 1, dtype=torch.float64)
+        self.ts = (sched.T - 1) * (j / (2 * self.steps)) ** power
 
     def loss(self, net, batch, rand):
         p, k, noise, cond, teacher = self.draws(batch, rand, lambda: rand.randint(self.steps).cpu() + 1)
@@ -249,7 +250,7 @@ def train_student(run, modality, teacher: Trained, data_run, dist, resume: bool,
     if d.method == "progressive":
         # a student teacher learned DDIM jumps: its own steps are its DDIM; only the original teacher has an ODE
         solver = "ddim" if is_student(teacher.sections) else d.teacher_solver
-        task = ProgressiveTask(inner, teacher_den, objective, d.steps[0], guidance, K, drop, solver)
+        task = ProgressiveTask(inner, teacher_den, objective, d.steps[0], guidance, K, drop, solver, d.level_power)
     else:
         sigma_min = consistency_range(objective.schedule)[0]
         task = ConsistencyTask(inner, teacher_den, ConsistencyObjective(objective, sigma_min), student, d.grid, d.ode,
