@@ -46,11 +46,15 @@ def progressive_timesteps(schedule, steps: int, power: float = 1.0) -> torch.Ten
     return (schedule.T - 1) * (k / steps) ** power
 
 
-def grid_alpha_bar(schedule, points: int, power: float = 1.0) -> torch.Tensor:
-    """abar at the `points` + 1 grid levels (T - 1) (j / points)^power, j = 0 .. points; j = 0 is clean data
-    (abar = 1)."""
+def grid_timesteps(schedule, points: int, power: float = 1.0) -> torch.Tensor:
+    """The `points` + 1 grid levels (T - 1) (j / points)^power, j = 0 .. points (j = 0: clean data)."""
     j = torch.arange(points + 1, dtype=torch.float64)
-    ab = schedule.alpha_bar_at((schedule.T - 1) * (j / points) ** power)
+    return (schedule.T - 1) * (j / points) ** power
+
+
+def grid_alpha_bar(schedule, points: int, power: float = 1.0) -> torch.Tensor:
+    """abar at grid_timesteps(schedule, points, power); j = 0 is clean data (abar = 1)."""
+    ab = schedule.alpha_bar_at(grid_timesteps(schedule, points, power))
     ab[0] = 1.0
     return ab
 

@@ -31,7 +31,8 @@ import torch
 
 from ..core import Denoiser, GuidedModel
 from ..core.distillation import (ConsistencyObjective, consistency_grid, consistency_range, ddim_move, dpmpp_2s_move,
-                                 grid_alpha_bar, ode_step, progressive_target, pseudo_huber, truncated_snr_weight)
+                                 grid_alpha_bar, grid_timesteps, ode_step, progressive_target, pseudo_huber,
+                                 truncated_snr_weight)
 from ..core.objective_base import bcast
 from ..engine.checkpoint import load_weights_into
 from ..engine.precision import resolve_precision
@@ -150,8 +151,7 @@ class ProgressiveTask(DistillTask):
         sched = objective.schedule
         self.steps, self.solver = int(steps), solver
         self.abar = grid_alpha_bar(sched, 2 * self.steps, power)                # [2N + 1], j = 0: clean
-        j = torch.arange(2 * self.steps + 1, dtype=torch.float64)
-        self.ts = (sched.T - 1) * (j / (2 * self.steps)) ** power
+        self.ts = grid_timesteps(sched, 2 * self.steps, power)
 
     def loss(self, net, batch, rand):
         p, k, noise, cond, teacher = self.draws(batch, rand, lambda: rand.randint(self.steps).cpu() + 1)
