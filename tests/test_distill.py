@@ -232,6 +232,9 @@ def test_a_student_on_uneven_levels_samples_on_them_and_its_chain_keeps_them(tea
     err = refused(capsys, "distill", teacher / "s4_p2", "--steps", 2, "--out", teacher / "s2_p1",
                   "distill.level_power=1")
     assert "level_power = 2.0" in err and "drop distill.level_power=1" in err
+    err = refused(capsys, "distill", teacher / "s4_p2", "--steps", 2, "--out", teacher / "s2_2s",
+                  "distill.teacher_solver=dpmpp_2s")  # the chain's first round was DDIM: a student has no ODE to solve
+    assert "teacher_solver = ddim" in err and "drop distill.teacher_solver=dpmpp_2s" in err
 
 
 def test_a_student_is_an_ordinary_run_of_its_teachers_kind(teacher, student2, tmp_path, capsys):

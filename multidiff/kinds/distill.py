@@ -67,6 +67,13 @@ def check_finished(ref: ModelRef, run_dir) -> None:
 
 
 # ---- the students' configs ------------------------------------------------------------------------------------
+# [distill] keys a progressive chain keeps from its first round: a round from a student refuses another value
+KEPT_BY_A_CHAIN = {
+    "level_power": "its students halve those levels",
+    "teacher_solver": "a student's jumps are its own DDIM steps, so the solver applies to a chain's first round only",
+}
+
+
 def distill_config(base: dict, method: str | None, steps: list[int] | None,
                    overrides: list[str], resumed=None) -> tuple[DistillConfig, dict]:
     """[distill] for `multidiff distill`: the teacher's -- or, continuing a distillation (`resumed`: the [distill]
@@ -102,10 +109,15 @@ def distill_config(base: dict, method: str | None, steps: list[int] | None,
                             f"teacher's ODE: distill its teacher ('{base['distill'].teacher}') with --method "
                             f"{table['method']} instead")
         table["start_steps"] = base["distill"].steps[0]  # its own steps, halved further
-        if float(table["level_power"]) != base["distill"].level_power:
-            raise UserError(f"the teacher is a student on levels of distill.level_power = "
-                            f"{base['distill'].level_power}: its students halve those levels, so drop "
-                            f"distill.level_power={table['level_power']} (or distill its teacher anew with it)")
+        for key, why in KEPT_BY_A_CHAIN.items():
+            theirs = getattr(base["distill"], key)
+            try:
+                same = type(theirs)(table[key]) == theirs
+            except (TypeError, ValueError):
+                same = False  # not even of the key's type: refused all the same
+            if not same:
+                raise UserError(f"the teacher is a student distilled with distill.{key} = {theirs}: {why}, so drop "
+                                f"distill.{key}={table[key]} (or distill its teacher anew with it)")
     try:
         cfg = from_dict(DistillConfig, table, "distill")
     except ValueError as e:
