@@ -38,12 +38,11 @@ PSEUDO_HUBER_C = 0.00054  # iCT's c per sqrt(dimension) (Song & Dhariwal 2023), 
 def progressive_timesteps(schedule, steps: int, power: float = 1.0) -> torch.Tensor:
     """The network noise inputs of a progressive student's `steps` levels, highest first: (T - 1) (k / steps)^power
     for k = steps .. 1 (each step ends on the next; the last one on clean data). For any power the levels of 2N
-    steps are the N-step levels and one between each two; power > 1 makes the jumps near clean data shorter
-    ([distill] level_power)."""
+    steps are the N-step levels and one between each two; power > 1 makes the jumps near clean data shorter,
+    power < 1 those at high noise ([distill] level_power)."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"a student takes >= 1 steps, got {steps!r}")
-    k = torch.arange(steps, 0, -1, dtype=torch.float64)
-    return (schedule.T - 1) * (k / steps) ** power
+    return grid_timesteps(schedule, steps, power)[1:].flip(0)
 
 
 def grid_timesteps(schedule, points: int, power: float = 1.0) -> torch.Tensor:

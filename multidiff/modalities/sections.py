@@ -151,7 +151,7 @@ class DistillConfig:
     # ddim (Salimans & Ho) | dpmpp_2s (DPM-Solver++(2S): second order, twice the teacher calls)
     teacher_solver: str = added_key("ddim")
     # progressive: the students' levels (T - 1) x^p on an even grid x (1: even in t; > 1: shorter jumps near
-    # clean data); every round of a chain keeps its first round's
+    # clean data; < 1: at high noise, video_moving_digits' best at 0.5); every round of a chain keeps its first round's
     level_power: float = added_key(1.0)
     target_ema: float = 0.95        # consistency: EMA decay of the target network (mu)
     teacher: str = ""               # a student: the run it was distilled from (its previous round, for progressive)

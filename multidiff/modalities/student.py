@@ -29,8 +29,9 @@ from ..errors import UserError
 # the samplers a student takes (the first: its own, the one its config names)
 STUDENT_SAMPLERS = {"progressive": ("ddim", "euler"), "consistency": ("consistency",)}
 # the [distill] keys that change what a student learns (its fingerprint; the teacher's path is not one: runs move;
-# teacher_solver and level_power, added later, join them when they are not their defaults)
+# keys added later join them only when not their defaults, so older students keep their fingerprints)
 IDENTITY_KEYS = ("method", "steps", "guidance", "start_steps", "grid", "ode", "target_ema", "teacher_checkpoint")
+ADDED_IDENTITY_KEYS = {"teacher_solver": "ddim", "level_power": 1.0}
 # sections that say what the weights are, or how they were trained, rather than how the model samples
 NOT_SAMPLING = {"recipe", "data", "model", "diffusion", "train", "distill", "prep", "video", "latent", "loss"}
 
@@ -46,8 +47,7 @@ def student_identity(sections: dict) -> str:
     if not is_student(sections):
         return ""
     d = sections["distill"]
-    keys = [*IDENTITY_KEYS, *(["teacher_solver"] if d.teacher_solver != "ddim" else []),
-            *(["level_power"] if d.level_power != 1.0 else [])]
+    keys = [*IDENTITY_KEYS, *(k for k, default in ADDED_IDENTITY_KEYS.items() if getattr(d, k) != default)]
     return "student:" + section_hash(sections, [f"distill.{k}" for k in keys])
 
 
