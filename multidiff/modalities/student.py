@@ -25,13 +25,14 @@ from ..core.distillation import (SIGMA_DATA, ConsistencyObjective, consistency_l
                                  progressive_timesteps)
 from ..engine.runs import section_hash
 from ..errors import UserError
+from .sections import DistillConfig
 
 # the samplers a student takes (the first: its own, the one its config names)
 STUDENT_SAMPLERS = {"progressive": ("ddim", "euler"), "consistency": ("consistency",)}
 # the [distill] keys that change what a student learns (its fingerprint; the teacher's path is not one: runs move;
 # keys added later join them only when not their defaults, so older students keep their fingerprints)
 IDENTITY_KEYS = ("method", "steps", "guidance", "start_steps", "grid", "ode", "target_ema", "teacher_checkpoint")
-ADDED_IDENTITY_KEYS = {"teacher_solver": "ddim", "level_power": 1.0}
+ADDED_IDENTITY_KEYS = {k: DistillConfig.__dataclass_fields__[k].default for k in ("teacher_solver", "level_power")}
 # sections that say what the weights are, or how they were trained, rather than how the model samples
 NOT_SAMPLING = {"recipe", "data", "model", "diffusion", "train", "distill", "prep", "video", "latent", "loss"}
 
