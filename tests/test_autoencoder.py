@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from multidiff.data.image import ImageData, build_image_dataset
-from multidiff.models.autoencoder import (Autoencoder, AutoencoderConfig, DiagonalGaussian, PatchDiscriminator,
-                                          gan_losses)
+from multidiff.engine.adversarial import gan_losses
+from multidiff.models.autoencoder import Autoencoder, AutoencoderConfig, DiagonalGaussian, PatchDiscriminator
 from multidiff.modalities.autoencoder import AutoencoderEval, AutoencoderLoss, AutoencoderTask, LatentCodec
 from multidiff.engine import TrainConfig, Trainer, latest_checkpoint
 
@@ -142,7 +142,7 @@ def test_discriminator_trains_is_checkpointed_and_resumes_exactly(tmp_path):
     with pytest.raises(Killed):
         _fit(tmp_path / "part", stop_at=2)
     resumed, rtask = _fit(tmp_path / "part", resume=True)
-    for a, b in ((full.model, resumed.model), (task.disc, rtask.disc)):
+    for a, b in ((full.model, resumed.model), (task.gan.disc, rtask.gan.disc)):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
     assert (tmp_path / "full/samples/step_0000004.png").exists()  # preview: originals over reconstructions

@@ -206,6 +206,30 @@ def test_a_first_round_on_the_teachers_second_order_steps(teacher, student2):
     assert prints[0] != prints[1]
 
 
+def test_an_adversarial_round_trains_a_discriminator_on_its_teachers_features(teacher, student2, capsys):
+    """distill.adversarial: the round's student also fools a head on the teacher's middle block (the GAN term
+    logged beside the loss, the head and its optimizer in each checkpoint); the distillation loss keeps it on its
+    teacher's ODE -- as near the 128-step solution as the plain round's student -- and its samples stay sums of
+    few-cycle sines; it is another student (fingerprint). Consistency distillation refuses the key."""
+    cli("distill", teacher / "teacher", "--steps", 4, "--out", teacher / "s4_adv", "distill.start_steps=8",
+        "distill.round_steps=150", "distill.adversarial=0.3", "--skip", "sample")
+    rows = [json.loads(ln) for ln in (teacher / "s4_adv/metrics.jsonl").read_text().splitlines()]
+    assert all({"d_loss", "g_loss", "g_weight"} <= row.keys() for row in rows)
+    ckpt = latest_checkpoint(teacher / "s4_adv/checkpoints")
+    extra = load_file(str(ckpt / "extra.safetensors"))
+    assert any(k.startswith("disc.") for k in extra) and any(k.startswith("disc_opt.") for k in extra)
+    best = teacher_grid(trained(teacher / "teacher"), 128)
+    ours, plain = student_samples(teacher / "s4_adv", 4), student_samples(student2 / "rounds/steps_4", 4)
+    assert rms(ours, best) < 1.2 * rms(plain, best), (rms(ours, best), rms(plain, best))
+    assert low_frequency_share(ours) > 0.9
+    prints = [json.loads((latest_checkpoint(run / "checkpoints") / "state.json").read_text())["fingerprint"]
+              for run in (teacher / "s4_adv", student2 / "rounds/steps_4")]
+    assert prints[0] != prints[1]
+    err = refused(capsys, "distill", teacher / "teacher", "--method", "consistency", "--steps", 2, "--out",
+                  teacher / "c_adv", "distill.adversarial=0.3")
+    assert "applies to progressive distillation" in err
+
+
 @pytest.mark.parametrize("power", [1.0, 1.5, 2.0])
 def test_progressive_levels_of_any_power_nest(power):
     """distill.level_power: the 2N-step levels are the N-step levels and one between each two, for any power (a
@@ -323,10 +347,13 @@ class Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("method", ["progressive", "consistency"])
-def test_a_stopped_distillation_resumes_to_the_uninterrupted_weights(teacher, tmp_path, monkeypatch, capsys, method):
+@pytest.mark.parametrize("method, gan", [("progressive", []), ("consistency", []),
+                                         ("progressive", ["distill.adversarial=0.3"])])
+def test_a_stopped_distillation_resumes_to_the_uninterrupted_weights(teacher, tmp_path, monkeypatch, capsys, method,
+                                                                     gan):
+    """Also with a GAN term: its discriminator and that one's optimizer (the extra file) resume exactly too."""
     args = ["--method", method, "--steps", 2, "distill.start_steps=8", "distill.round_steps=6",
-            "train.checkpoint_every=2", "--skip", "sample"]
+            "train.checkpoint_every=2", "--skip", "sample", *gan]
     cli("distill", teacher / "teacher", "--out", tmp_path / "whole", *args)
     save = Trainer._checkpoint
 
@@ -345,20 +372,26 @@ def test_a_stopped_distillation_resumes_to_the_uninterrupted_weights(teacher, tm
     if method == "progressive":  # (8 -> 4 -> 2, not the default 64 -> ... -> 2)
         assert sorted(p.name for p in (tmp_path / "cut/rounds").iterdir()) == ["steps_4"]
     a, b = latest_checkpoint(tmp_path / "whole/checkpoints"), latest_checkpoint(tmp_path / "cut/checkpoints")
-    files = ["model", "ema"] + (["extra"] if method == "consistency" else [])  # (+ the target network)
+    files = ["model", "ema"] + (["extra"] if method == "consistency" or gan else [])  # (+ target / discriminator)
     for name in files:
         wa, wb = load_file(str(a / f"{name}.safetensors")), load_file(str(b / f"{name}.safetensors"))
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
 
 
-def test_two_processes_distill_as_one(teacher, tmp_path):
-    args = ["--steps", 2, "distill.start_steps=4", "distill.round_steps=6", "train.precision=fp32", "--skip", "sample"]
+@pytest.mark.parametrize("gan", [[], ["distill.adversarial=0.3"]])
+def test_two_processes_distill_as_one(teacher, tmp_path, gan):
+    """Also with a GAN term (its discriminator's gradients are averaged over the processes as the student's are)."""
+    args = ["--steps", 2, "distill.start_steps=4", "distill.round_steps=6", "train.precision=fp32", "--skip", "sample",
+            *gan]
     cli("distill", teacher / "teacher", "--out", tmp_path / "one", *args)
     cmd = [*torchrun(2), "-m", "multidiff.cli", "distill", teacher / "teacher", "--out", tmp_path / "two", *args]
     subprocess.run([str(c) for c in cmd], check=True, env=ENV, timeout=600, capture_output=True)
     a, b = latest_checkpoint(tmp_path / "one/checkpoints"), latest_checkpoint(tmp_path / "two/checkpoints")
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert all(torch.allclose(wa[k], wb[k], atol=2e-5, rtol=0) for k in wa)  # gloo sums in another order
+    if gan:
+        da, db = load_file(str(a / "extra.safetensors")), load_file(str(b / "extra.safetensors"))
+        assert da.keys() == db.keys() and all(torch.allclose(da[k], db[k], atol=2e-5, rtol=0) for k in da)
     assert json.loads((b / "state.json").read_text())["world_size"] == 2
 
 

@@ -87,6 +87,18 @@ def test_inpaint_cli_keeps_the_known_frames(video_run, tmp_path):
     assert torch.allclose(got[:, :2], inp[:, :2], atol=1.01 / 127.5)
 
 
+def test_a_video_student_with_a_gan_term_on_the_3d_unets_features(video_run, tmp_path):
+    """distill.adversarial on the video kind: the head reads the 3-D U-Net's middle block on clips with their
+    known-frame channels and labels, trains beside the student, and the student is an ordinary video run."""
+    cli("distill", video_run / "run", "--steps", 2, "--out", tmp_path / "s2", "distill.start_steps=4",
+        "distill.round_steps=3", "distill.adversarial=0.5", "train.checkpoint_every=3", "--skip", "predict")
+    rows = [json.loads(ln) for ln in (tmp_path / "s2/metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["d_loss"] > 0 and r["g_weight"] > 0 for r in rows)
+    ev = json.loads((tmp_path / "s2/eval.json").read_text())
+    assert [(r["sampler"], r["steps"]) for r in ev["rows"]] == [("ddim", 2)]
+    assert read_video(tmp_path / "s2/samples/final/clip_0000.mp4", None, 1).shape == (1, 4, 16, 16)
+
+
 def test_prediction_recipe_trains_its_plain_model_first_and_compares_methods(video_run, tmp_path):
     # the plain model comes from its recipe file (here: the tiny version written out), trained by this recipe
     plain = tmp_path / "plain.toml"

@@ -7,8 +7,10 @@ clean data). The levels of 2N steps are those and their midpoints, so the studen
 t_k to t_{k-1} is trained to land where its teacher's two DDIM steps land: the x0-space target is the
 x0 that makes a single DDIM step reach the teacher's result (the paper's Algorithm 2), weighted by
 max(SNR, 1) (its "truncated SNR" weighting: the x0 error where the signal dominates, the eps error
-where the noise does). Each round's student is the next round's teacher. The first round's teacher
-may step by DPM-Solver++(2S) instead (`dpmpp_2s_move`): DDIM is first order, and on few levels the
+where the noise does). Each round's student is the next round's teacher. With an adversarial term
+(SDXL-Lightning's progressive adversarial distillation, Lin et al. 2024), the student's landing point is
+also judged against real data at a level between its jump's end and the teacher's midpoint (`renoise`).
+The first round's teacher may step by DPM-Solver++(2S) instead (`dpmpp_2s_move`): DDIM is first order, and on few levels the
 chain would otherwise learn its discretisation error as the target.
 
 Consistency distillation (Song et al. 2023). A consistency function f(x, sigma) maps every point of
@@ -77,6 +79,13 @@ def dpmpp_2s_move(est: Estimate, clean_at, z: torch.Tensor, abar_from: torch.Ten
     eps = (z - bcast(abar_from.sqrt(), z) * x0) / bcast((1 - abar_from).sqrt(), z)
     second = ddim_move(Estimate(x0, eps), abar_to, z)
     return torch.where(bcast(inner.double(), z) > 0, second, ddim_move(est, abar_to, z))
+
+
+def renoise(z_s: torch.Tensor, abar_s: torch.Tensor, abar_u: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """A draw of the forward process from level abar_s up to the noisier abar_u <= abar_s (per sample [B]):
+    z_u = sqrt(abar_u / abar_s) z_s + sqrt(1 - abar_u / abar_s) noise, so z_s ~ q(z_s | x0) gives z_u ~ q(z_u | x0)."""
+    r = (abar_u / abar_s).clamp(max=1.0)
+    return bcast(r.sqrt(), z_s) * z_s + bcast((1 - r).sqrt(), z_s) * noise
 
 
 def progressive_target(z_t: torch.Tensor, z_s: torch.Tensor, abar_t: torch.Tensor,

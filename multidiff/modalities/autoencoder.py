@@ -14,21 +14,20 @@ the autoencoder recipe's scale stage, `compute_scale`), so a diffusion model see
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as torch_dist
 import torch.nn.functional as F
 
 from ..data.image import ImageData, build_image_dataset, save_image_grid
-from ..engine.checkpoint import latest_checkpoint, load_ema_weights, load_optimizer_tensors, optimizer_tensors
+from ..engine.adversarial import GAN_LOSSES, AdversarialTerm
+from ..engine.checkpoint import latest_checkpoint, load_ema_weights
 from ..engine.config import ConfigError
 from ..engine.precision import autocast, resolve_precision
 from ..engine.runs import load_sections, section_hash
 from ..engine.trainer import TrainConfig
-from ..models.autoencoder import Autoencoder, AutoencoderConfig, DiagonalGaussian, PatchDiscriminator, gan_losses
+from ..models.autoencoder import Autoencoder, AutoencoderConfig, DiagonalGaussian, PatchDiscriminator
 from ..utils import read_json, write_json
 from .base import Modality
 from .image import IMAGE
@@ -54,7 +53,8 @@ class AutoencoderLoss:
     def __post_init__(self):
         if self.reconstruction not in ("l1", "l2"):
             raise ValueError(f"loss.reconstruction must be 'l1' or 'l2', got {self.reconstruction!r}")
-        gan_losses(self.gan_loss)
+        if self.gan_loss not in GAN_LOSSES:
+            raise ValueError(f"loss.gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
         if self.kl_weight < 0 or self.disc_weight < 0:
             raise ValueError("loss.kl_weight and loss.disc_weight must be >= 0")
 
@@ -73,28 +73,25 @@ def _unwrap(net):
 
 
 class AutoencoderTask:
-    """Reconstruction + KL loss of the autoencoder; with loss.disc_weight > 0 also a PatchGAN, trained by
-    the Trainer's after_step hook with its own optimizer and saved in each checkpoint (extra_state)."""
+    """Reconstruction + KL loss of the autoencoder; with loss.disc_weight > 0 also a PatchGAN (engine/adversarial.py:
+    trained by the Trainer's after_step hook with its own optimizer and saved in each checkpoint)."""
 
     channels_last = True
 
     def __init__(self, sections: dict, device, bf16: bool, preview_images: torch.Tensor):
         self.s, self.cfg, self.device, self.bf16 = sections, sections["loss"], device, bf16
         self.preview_images = preview_images
-        self.gen_loss, self.disc_loss = gan_losses(self.cfg.gan_loss)
-        self.disc = self.disc_opt = None
+        self.gan = None
         if self.cfg.disc_weight > 0:
             data = sections["data"]
-            self.disc = PatchDiscriminator(data.channels, self.cfg.disc_channels, self.cfg.disc_layers,
-                                           sections["model"].norm_groups)
-            self.disc = self.disc.to(device, memory_format=torch.channels_last)
-            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=self.cfg.disc_lr or sections["train"].lr,
-                                              betas=(0.5, 0.9), weight_decay=0.0)
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []   # (real, fake) for the discriminator step
+            disc = PatchDiscriminator(data.channels, self.cfg.disc_channels, self.cfg.disc_layers,
+                                      sections["model"].norm_groups).to(device, memory_format=torch.channels_last)
+            self.gan = AdversarialTerm(disc, self.cfg.disc_lr or sections["train"].lr, self.cfg.disc_weight, device,
+                                       bf16, self.cfg.gan_loss, self.cfg.adaptive_weight)
         self._sums: dict[str, list[float]] = {}
 
     def _gan_on(self, step: int) -> bool:
-        return self.disc is not None and step >= self.cfg.disc_start
+        return self.gan is not None and step >= self.cfg.disc_start
 
     def _record(self, **values) -> None:
         for k, v in values.items():
@@ -115,56 +112,25 @@ class AutoencoderTask:
         total = rec + cfg.kl_weight * kl
         self._record(rec=rec.detach(), kl=kl.detach())
         if self._gan_on(rand.step):
-            self.disc.requires_grad_(False)
-            g = self.gen_loss(self.disc(recon.to(x.dtype).contiguous(memory_format=torch.channels_last)))
-            w = cfg.disc_weight
-            if cfg.adaptive_weight:
-                last = ae.decoder.out_conv.weight
-                g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
-                g_gan = torch.autograd.grad(g, last, retain_graph=True)[0]
-                w = w * (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0, 1e4).detach()
-            total = total + w * g
-            fake = recon.detach().to(x.dtype).contiguous(memory_format=torch.channels_last)
-            self._pending.append((x.detach(), fake))
-            self._record(g_loss=g.detach(), g_weight=w)
+            fake = recon.to(x.dtype).contiguous(memory_format=torch.channels_last)
+            total = total + self.gan.generator_loss((fake,), (x,), rec=rec, last=ae.decoder.out_conv.weight)
         return total
 
     def after_step(self, step: int) -> None:
-        if not self._pending:
-            return
-        self.disc.requires_grad_(True)
-        self.disc_opt.zero_grad(set_to_none=True)
-        with autocast(self.device, self.bf16):
-            for real, fake in self._pending:
-                d = self.disc_loss(self.disc(real), self.disc(fake)) / len(self._pending)
-                d.backward()
-                self._record(d_loss=d.detach() * len(self._pending))
-        if torch_dist.is_available() and torch_dist.is_initialized():  # the model's grads go through DDP
-            for p in self.disc.parameters():
-                torch_dist.all_reduce(p.grad)
-                p.grad /= torch_dist.get_world_size()
-        self.disc_opt.step()
-        self._pending = []
+        if self.gan is not None:
+            self.gan.after_step()
 
     def log_values(self) -> dict:
         out = {k: sum(v) / len(v) for k, v in self._sums.items()}
         self._sums = {}
-        return out
+        return {**out, **(self.gan.log_values() if self.gan is not None else {})}
 
     def extra_state(self) -> dict:
-        if self.disc is None:
-            return {}
-        tensors, _ = optimizer_tensors(self.disc_opt)
-        return {**{f"disc.{k}": v for k, v in self.disc.state_dict().items()},
-                **{f"disc_opt.{k}": v for k, v in tensors.items()}}
+        return self.gan.extra_state() if self.gan is not None else {}
 
     def load_extra_state(self, tensors: dict) -> None:
-        if self.disc is None:
-            return
-        self.disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
-        opt = {k[9:]: v for k, v in tensors.items() if k.startswith("disc_opt.")}
-        groups = json.dumps(self.disc_opt.state_dict()["param_groups"])  # lr & co. come from the config
-        load_optimizer_tensors(self.disc_opt, opt, {"param_groups": groups})
+        if self.gan is not None:
+            self.gan.load_extra_state(tensors)
 
     @torch.no_grad()
     def preview(self, model, path) -> None:

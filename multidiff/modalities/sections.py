@@ -153,6 +153,10 @@ class DistillConfig:
     # progressive: the students' levels (T - 1) x^p on an even grid x (1: even in t; > 1: shorter jumps near
     # clean data; < 1: at high noise, video_moving_digits' best at 0.5); every round of a chain keeps its first round's
     level_power: float = added_key(1.0)
+    # progressive: > 0 adds a GAN term to every round (SDXL-Lightning's progressive adversarial distillation): a
+    # head on the teacher's middle-block features judges the student's landing point against real data; the
+    # number is the GAN gradient's share of the distillation loss's at the student's output (adaptive weight)
+    adversarial: float = added_key(0.0)
     target_ema: float = 0.95        # consistency: EMA decay of the target network (mu)
     teacher: str = ""               # a student: the run it was distilled from (its previous round, for progressive)
     teacher_checkpoint: str = ""    # a student: that run's checkpoint and the sha256 of its EMA weights
@@ -175,6 +179,11 @@ class DistillConfig:
                 raise ValueError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
         if not (self.level_power > 0 and self.level_power < float("inf")):
             raise ValueError(f"distill.level_power must be a number > 0 (1: levels even in t), got {self.level_power}")
+        if not (self.adversarial >= 0 and self.adversarial < float("inf")):
+            raise ValueError(f"distill.adversarial must be a number >= 0 (0: no GAN term), got {self.adversarial}")
+        if self.adversarial > 0 and self.method != "progressive":
+            raise ValueError(f"distill.adversarial = {self.adversarial} applies to progressive distillation's rounds; "
+                             f"drop it for --method {self.method}")
         if not (self.lr >= 0 and self.lr < float("inf")):
             raise ValueError(f"distill.lr must be >= 0 (0: half of train.lr), got {self.lr}")
         if not 0 <= self.target_ema < 1:

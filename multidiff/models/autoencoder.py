@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..nn import Downsample, ResBlock, SelfAttention, Upsample, conv_nd, group_norm
@@ -192,14 +191,3 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x):
         return self.net(x).float()
-
-
-def gan_losses(kind: str):
-    """(generator loss of fake logits, discriminator loss of real and fake logits) for 'hinge' | 'non_saturating'."""
-    if kind == "hinge":
-        return (lambda fake: -fake.mean(),
-                lambda real, fake: 0.5 * (F.relu(1 - real).mean() + F.relu(1 + fake).mean()))
-    if kind == "non_saturating":
-        return (lambda fake: F.softplus(-fake).mean(),
-                lambda real, fake: 0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean()))
-    raise ValueError(f"loss.gan_loss must be 'hinge' or 'non_saturating', got {kind!r}")

@@ -273,6 +273,10 @@ class DiffusersUNet(torch.nn.Module):
         super().__init__()
         self.unet, self.num_classes = unet, num_classes
 
+    def middle_block(self) -> torch.nn.Module:
+        """The bottleneck's last block: what a feature discriminator reads (nn/discriminator.py)."""
+        return self.unet.mid_block
+
     def forward(self, x, t, y=None):
         kw = {}
         if self.num_classes:

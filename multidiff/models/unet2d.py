@@ -93,6 +93,10 @@ class UNet2D(nn.Module):
         self.out_norm = group_norm(ch, cfg.norm_groups)
         self.out_conv = zero_(conv_nd(2, ch, cfg.out_channels or cfg.in_channels, 3))
 
+    def middle_block(self) -> torch.nn.Module:
+        """The bottleneck's last block: what a feature discriminator reads (nn/discriminator.py)."""
+        return self.mid[-1]
+
     @property
     def null_label(self) -> int:
         """The label index meaning 'no class' (classifier-free guidance); -1 for an unconditional model."""

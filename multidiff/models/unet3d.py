@@ -188,6 +188,10 @@ class UNet3D(nn.Module):
         """The label index meaning 'no class' (classifier-free guidance); -1 for an unconditional model."""
         return self.label_embed.null_label if self.label_embed is not None else -1
 
+    def middle_block(self) -> torch.nn.Module:
+        """The bottleneck's last block: what a feature discriminator reads (nn/discriminator.py)."""
+        return self.mid[-1]
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 concat: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.cfg

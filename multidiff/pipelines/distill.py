@@ -31,9 +31,10 @@ import torch
 
 from ..core import Denoiser, GuidedModel
 from ..core.distillation import (ConsistencyObjective, consistency_grid, consistency_range, ddim_move, dpmpp_2s_move,
-                                 grid_alpha_bar, grid_timesteps, ode_step, progressive_target, pseudo_huber,
+                                 grid_alpha_bar, grid_timesteps, ode_step, progressive_target, pseudo_huber, renoise,
                                  truncated_snr_weight)
 from ..core.objective_base import bcast
+from ..engine.adversarial import AdversarialTerm
 from ..engine.checkpoint import load_weights_into
 from ..engine.precision import resolve_precision
 from ..engine.trainer import Trainer
@@ -41,6 +42,7 @@ from ..errors import UserError
 from ..modalities.base import Trained
 from ..modalities.student import NOT_SAMPLING, StudentModality, default_steps, for_student, is_student, student_sampler
 from ..nn.conditioning import null_condition
+from ..nn.discriminator import FeatureHead, middle_block, middle_channels, middle_features
 from .generate import previewer
 
 
@@ -143,15 +145,19 @@ class DistillTask:
 class ProgressiveTask(DistillTask):
     """A student of `steps` steps whose one DDIM step matches two of its teacher's (the teacher samples on the
     2 * steps grid: the student's levels and their midpoints), each a DDIM step or (solver "dpmpp_2s") a
-    DPM-Solver++(2S) step (two teacher calls)."""
+    DPM-Solver++(2S) step (two teacher calls). With `gan` (an AdversarialTerm whose discriminator is a
+    FeatureHead on `backbone`'s middle block: the teacher's network), the student's landing point is also judged
+    against real data (`adversarial_loss`)."""
 
     def __init__(self, inner, teacher, objective, steps: int, guidance, num_classes, label_dropout,
-                 solver: str = "ddim", power: float = 1.0):
+                 solver: str = "ddim", power: float = 1.0, gan: AdversarialTerm | None = None,
+                 backbone: torch.nn.Module | None = None):
         super().__init__(inner, teacher, objective, guidance, num_classes, label_dropout)
         sched = objective.schedule
         self.steps, self.solver = int(steps), solver
         self.abar = grid_alpha_bar(sched, 2 * self.steps, power)                # [2N + 1], j = 0: clean
         self.ts = grid_timesteps(sched, 2 * self.steps, power)
+        self.gan, self.backbone = gan, backbone
 
     def loss(self, net, batch, rand):
         p, k, noise, cond, teacher = self.draws(batch, rand, lambda: rand.randint(self.steps).cpu() + 1)
@@ -163,9 +169,52 @@ class ProgressiveTask(DistillTask):
             z_m = self.move(teacher, z_t, (self.ts[j], ab_t), ab_m, cond)
             z_s = self.move(teacher, z_m, (self.ts[j - 1], ab_m), ab_s, cond)
             target = progressive_target(z_t.double(), z_s.double(), ab_t, ab_s)
-        x_hat = Denoiser.of(net, self.objective).vp(z_t, self.ts[j], ab_t, **cond).x0
-        per = _per_sample(self.error(p, x_hat - target.to(x_hat.dtype)).square(), p.loss_kw.get("mask"))
-        return (per * truncated_snr_weight(ab_t).to(per.device, per.dtype)).mean()
+        est = Denoiser.of(net, self.objective).vp(z_t, self.ts[j], ab_t, **cond)
+        per = _per_sample(self.error(p, est.x0 - target.to(est.x0.dtype)).square(), p.loss_kw.get("mask"))
+        loss = (per * truncated_snr_weight(ab_t).to(per.device, per.dtype)).mean()
+        if self.gan is None:
+            return loss
+        return loss + self.adversarial_loss(p, est, z_t, j, cond, rand, loss)
+
+    def adversarial_loss(self, p, est, z_t, j, cond, rand, rec):
+        """The GAN term of the student's jump from grid level j to j - 2 (SDXL-Lightning's progressive adversarial
+        distillation): its landing point, noised further to a level u drawn between the jump's end and the
+        teacher's midpoint, against real data noised to u. At the last jump (to clean data) u starts at 0, so the
+        discriminator sees detail; the noise added on the way up keeps real and fake overlapping (instance
+        noise). It compares distributions, not pairs, so the student may end up closer to the data than its
+        teacher's trajectory, which the distillation loss keeps it near."""
+        x0, ab_s = p.x0, self.abar[j - 2]
+        fake_s = ddim_move(est, ab_s, z_t)                                      # the student's landing point
+        u = self.ts[j - 2] + (self.ts[j - 1] - self.ts[j - 2]) * rand.rand().cpu().double()
+        ab_u = self.objective.schedule.alpha_bar_at(u)
+        fake = renoise(fake_s, ab_s, ab_u, self.noise(rand, p))
+        real = bcast(ab_u.sqrt(), x0) * x0 + bcast((1 - ab_u).sqrt(), x0) * self.noise(rand, p)
+
+        def features(z):  # the teacher's middle block at level u
+            return middle_features(self.backbone, lambda: self.teacher.vp(z, u, ab_u, **cond), len(z))
+        with torch.no_grad():
+            real_f = features(real)
+        y = cond.get("y")
+        return self.gan.generator_loss((features(fake), y), (real_f, y), rec=rec, last=est.x0)
+
+    def noise(self, rand, p):
+        """Standard noise of the batch's shape, colored as the modality's prior colors the training noise."""
+        n = self.objective.draw_noise(rand, p.x0)
+        return p.loss_kw["noise_color"](n) if p.loss_kw.get("noise_color") is not None else n
+
+    def after_step(self, step: int) -> None:
+        if self.gan is not None:
+            self.gan.after_step()
+
+    def log_values(self) -> dict:
+        return self.gan.log_values() if self.gan is not None else {}
+
+    def extra_state(self) -> dict:
+        return self.gan.extra_state() if self.gan is not None else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.gan is not None:
+            self.gan.load_extra_state(state)
 
     def move(self, teacher, z, start, abar_to, cond):
         """The teacher's step from level start = (t, abar) to the level abar_to, both per sample (the solvers
@@ -220,6 +269,19 @@ class ConsistencyTask(DistillTask):
         self.target.load_state_dict({k[len("target."):]: v for k, v in state.items() if k.startswith("target.")})
 
 
+def feature_adversary(backbone: torch.nn.Module, num_classes: int, lr: float, weight: float, device,
+                      bf16: bool) -> AdversarialTerm:
+    """distill.adversarial's GAN term: a FeatureHead on `backbone`'s (the teacher's) middle block, hinge loss,
+    adaptive weight `weight`; refused (one line) for a model without a middle block."""
+    block = middle_block(backbone)
+    if block is None:
+        raise UserError(f"distill.adversarial needs a teacher whose network has a middle block for the discriminator "
+                        f"to read (the image and video U-Nets); a {type(backbone).__name__} has none: drop "
+                        "distill.adversarial")
+    head = FeatureHead(middle_channels(block), num_classes).to(device)
+    return AdversarialTerm(head, lr, weight, device, bf16)
+
+
 def train_student(run, modality, teacher: Trained, data_run, dist, resume: bool, label_dropout: float = 0.0,
                   options: dict | None = None) -> dict:
     """Train the student `run` (its config from student_sections) from `teacher` on the training split of
@@ -250,7 +312,10 @@ def train_student(run, modality, teacher: Trained, data_run, dist, resume: bool,
     if d.method == "progressive":
         # a student teacher learned DDIM jumps: its own steps are its DDIM; only the original teacher has an ODE
         solver = "ddim" if is_student(teacher.sections) else d.teacher_solver
-        task = ProgressiveTask(inner, teacher_den, objective, d.steps[0], guidance, K, drop, solver, d.level_power)
+        gan = feature_adversary(teacher.model, K, s["train"].lr, d.adversarial, dist.device, bf16) \
+            if d.adversarial > 0 else None
+        task = ProgressiveTask(inner, teacher_den, objective, d.steps[0], guidance, K, drop, solver, d.level_power,
+                               gan, teacher.model)
     else:
         sigma_min = consistency_range(objective.schedule)[0]
         task = ConsistencyTask(inner, teacher_den, ConsistencyObjective(objective, sigma_min), student, d.grid, d.ode,

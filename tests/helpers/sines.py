@@ -91,6 +91,10 @@ class SinesNet(nn.Module):
         self.convs = nn.ModuleList(nn.Conv1d(c, c, cfg.kernel, padding=cfg.kernel // 2) for _ in range(cfg.layers))
         self.out = nn.Conv1d(c, 1, cfg.kernel, padding=cfg.kernel // 2)
 
+    def middle_block(self) -> nn.Module:
+        """A layer half way through: what a feature discriminator reads (distill.adversarial; optional)."""
+        return self.convs[len(self.convs) // 2]
+
     def forward(self, x, t, y=None):
         emb = self.embed(t)
         if self.label_embed is not None:

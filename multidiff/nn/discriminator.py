@@ -1,0 +1,93 @@
+"""A discriminator on a pretrained denoiser's features (as LADD and SDXL-Lightning build theirs): the frozen
+network reads a noisy input up to its middle block, a small trainable head judges real or fake from those
+features. The backbone already knows the data and the noise level, so the head learns in a few hundred steps
+what a discriminator trained from nothing would need thousands for, and it works for any signal whose model
+has a middle block (the image and video U-Nets, a diffusers UNet2DModel).
+
+A model offers itself as a backbone with `middle_block()`: the module whose output is read. The forward pass
+stops there (the decoder half is never run), so a discriminator call costs about half a model call.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class _Stop(Exception):
+    """Raised by the hook once the middle block's output is taken: the rest of the forward pass is not needed."""
+
+
+def middle_block(model: nn.Module) -> nn.Module | None:
+    """The module whose output a feature discriminator reads (None: the model offers none)."""
+    fn = getattr(model, "middle_block", None)
+    return fn() if callable(fn) else None
+
+
+def middle_channels(block: nn.Module) -> int:
+    """The channels of `block`'s output: those of its last convolution or linear layer (a U-Net's middle block
+    ends in a residual block's convolution)."""
+    last = None
+    for m in block.modules():
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            last = m.out_channels
+        elif isinstance(m, nn.Linear):
+            last = m.out_features
+    if last is None:
+        raise ValueError(f"cannot tell the output channels of {type(block).__name__}: it has no conv or linear layer")
+    return last
+
+
+def middle_features(model: nn.Module, call, batch: int) -> torch.Tensor:
+    """The output of `model`'s middle block as [batch, C, positions] during `call()` (a function that runs `model`
+    once on `batch` samples, e.g. through a denoiser view), with the rest of that forward pass skipped. A block
+    may give [batch * k, C, ...] with each sample's k rows consecutive (the video U-Net folds frames into the
+    batch): they become positions of their sample. Gradients flow to the input."""
+    block = middle_block(model)
+    if block is None:
+        raise ValueError(f"{type(model).__name__} has no middle_block(): it cannot serve as a discriminator backbone")
+    taken = []
+
+    def hook(_module, _inputs, output):
+        taken.append(output)
+        raise _Stop
+
+    handle = block.register_forward_hook(hook)
+    try:
+        call()
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not taken:
+        raise ValueError(f"{type(model).__name__}'s forward pass never ran its middle_block()")
+    f = taken[0]
+    rows, channels = f.shape[0], f.shape[1]
+    if rows % batch:
+        raise ValueError(f"{type(model).__name__}'s middle block gave {rows} rows for a batch of {batch}")
+    return f.reshape(batch, rows // batch, channels, -1).transpose(1, 2).reshape(batch, channels, -1)
+
+
+class FeatureHead(nn.Module):
+    """Real/fake logits from backbone features [B, C, *positions]: a per-position MLP (one logit per position,
+    PatchGAN-like: local evidence, averaged by the loss), plus, for class-conditional data, a projection term
+    <embed(y), h> (Miyato & Koyama 2018) so the head judges "a real 3" rather than "a real digit". Label
+    `num_classes` is the null label (no class), which gets its own embedding."""
+
+    def __init__(self, channels: int, num_classes: int = 0, hidden: int = 0):
+        super().__init__()
+        hidden = hidden or channels
+        self.inner = nn.Linear(channels, hidden)
+        self.out = nn.Linear(hidden, 1)
+        self.embed = nn.Embedding(num_classes + 1, hidden) if num_classes else None
+        self.scale = 1 / math.sqrt(hidden)
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
+
+    def forward(self, feats: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = torch.nn.functional.silu(self.inner(feats.flatten(2).transpose(1, 2).float()))   # [B, N, hidden]
+        logits = self.out(h).squeeze(-1)                                                     # [B, N]
+        if self.embed is not None and y is not None:
+            logits = logits + (h * self.embed(y.long()).unsqueeze(1)).sum(-1) * self.scale
+        return logits.float()
