@@ -1,8 +1,9 @@
 """A discriminator on a pretrained denoiser's features (as LADD and SDXL-Lightning build theirs): the frozen
 network reads a noisy input up to its middle block, a small trainable head judges real or fake from those
-features. The backbone already knows the data and the noise level, so the head learns in a few hundred steps
-what a discriminator trained from nothing would need thousands for, and it works for any signal whose model
-has a middle block (the image and video U-Nets, a diffusers UNet2DModel).
+features. The backbone already knows the data and the noise level, which is why those papers' heads need far
+fewer steps than a discriminator trained from nothing (here, on video, a 250-step round was still too few:
+docs/distillation.md); and it works for any signal whose model has a middle block (the image and video
+U-Nets, a diffusers UNet2DModel).
 
 A model offers itself as a backbone with `middle_block()`: the module whose output is read. The forward pass
 stops there (the decoder half is never run), so a discriminator call costs about half a model call.
