@@ -125,9 +125,7 @@ class DistillTask:
         """(prepared batch, the level draw, noise, both models' cond, the teacher's view), in one order of draws."""
         p = self.inner.prepare_batch(batch, rand)
         level = draw_level()
-        noise = self.objective.draw_noise(rand, p.x0)
-        if p.loss_kw.get("noise_color") is not None:
-            noise = p.loss_kw["noise_color"](noise)
+        noise = self.noise(rand, p)
         cond, teacher = dict(p.cond), self.teacher
         if self.K and self.guidance != 1.0:
             teacher = teacher.with_model(GuidedModel(teacher.model, self.guidance, null_condition(cond, self.K)))
@@ -136,6 +134,11 @@ class DistillTask:
             drop = rand.rand().to(y.device) < self.label_dropout
             cond["y"] = torch.where(drop, torch.full_like(y, self.K), y)
         return p, level, noise, cond, teacher
+
+    def noise(self, rand, p):
+        """Standard noise of the batch's shape, colored as the modality's prior colors the training noise."""
+        n = self.objective.draw_noise(rand, p.x0)
+        return p.loss_kw["noise_color"](n) if p.loss_kw.get("noise_color") is not None else n
 
     def error(self, p, err: torch.Tensor) -> torch.Tensor:
         err = err.float()
@@ -196,11 +199,6 @@ class ProgressiveTask(DistillTask):
             real_f = features(real)
         y = cond.get("y")
         return self.gan.generator_loss((features(fake), y), (real_f, y), rec=rec, last=est.x0)
-
-    def noise(self, rand, p):
-        """Standard noise of the batch's shape, colored as the modality's prior colors the training noise."""
-        n = self.objective.draw_noise(rand, p.x0)
-        return p.loss_kw["noise_color"](n) if p.loss_kw.get("noise_color") is not None else n
 
     def after_step(self, step: int) -> None:
         if self.gan is not None:
