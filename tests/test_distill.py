@@ -207,17 +207,19 @@ def test_a_first_round_on_the_teachers_second_order_steps(teacher, student2):
 
 
 def test_an_adversarial_round_trains_a_discriminator_on_its_teachers_features(teacher, student2, capsys):
-    """distill.adversarial: the round's student also fools a head on the teacher's middle block (the GAN term
-    logged beside the loss, the head and its optimizer in each checkpoint); the distillation loss keeps it on its
-    teacher's ODE -- as near the 128-step solution as the plain round's student -- and its samples stay sums of
+    """distill.adversarial: the round's student also fools a discriminator made from its teacher's network (the GAN
+    terms and the distillation loss logged beside the total, the discriminator -- a trained copy of the network
+    and a head -- and its optimizer in each checkpoint); the distillation loss keeps it on its teacher's ODE -- as near the 128-step solution as the plain round's student -- and its samples stay sums of
     few-cycle sines; it is another student (fingerprint). Consistency distillation refuses the key."""
     cli("distill", teacher / "teacher", "--steps", 4, "--out", teacher / "s4_adv", "distill.start_steps=8",
         "distill.round_steps=150", "distill.adversarial=0.3", "--skip", "sample")
     rows = [json.loads(ln) for ln in (teacher / "s4_adv/metrics.jsonl").read_text().splitlines()]
-    assert all({"d_loss", "g_loss", "g_weight"} <= row.keys() for row in rows)
+    assert all({"d_loss", "g_loss", "g_weight", "distill_loss"} <= row.keys() for row in rows)
+    assert rows[-1]["d_loss"] < 0.999, rows[-1]  # it learns (a head on frozen features stayed at chance: 1.000)
     ckpt = latest_checkpoint(teacher / "s4_adv/checkpoints")
     extra = load_file(str(ckpt / "extra.safetensors"))
-    assert any(k.startswith("disc.") for k in extra) and any(k.startswith("disc_opt.") for k in extra)
+    assert any(k.startswith("disc.backbone.") for k in extra) and any(k.startswith("disc.head.") for k in extra)
+    assert any(k.startswith("disc_opt.") for k in extra)
     best = teacher_grid(trained(teacher / "teacher"), 128)
     ours, plain = student_samples(teacher / "s4_adv", 4), student_samples(student2 / "rounds/steps_4", 4)
     assert rms(ours, best) < 1.2 * rms(plain, best), (rms(ours, best), rms(plain, best))

@@ -57,16 +57,17 @@ def _global_norms(g_rec: torch.Tensor, g_gan: torch.Tensor, last: torch.Tensor) 
 
 
 class AdversarialTerm:
-    """A discriminator `disc` (a module on `device`), its AdamW (betas 0.5 / 0.9, no weight decay), the GAN loss
-    pair, and the generator term's `weight`. With `adaptive`, the weight is scaled by |grad rec| / |grad gan| at
-    the generator's last layer (Esser et al. 2021, VQGAN), so it means the GAN gradient's share there whatever
-    the losses' scales."""
+    """A discriminator `disc` (a module on `device`), its AdamW (betas 0.5 / 0.9, no weight decay; the module's
+    `param_groups(lr)` where it has one), the GAN loss pair, and the generator term's `weight`. With
+    `adaptive`, the weight is scaled by |grad rec| / |grad gan| at the generator's last layer (Esser et al.
+    2021, VQGAN), so it means the GAN gradient's share there whatever the losses' scales."""
 
     def __init__(self, disc: torch.nn.Module, lr: float, weight: float, device, bf16: bool,
                  gan_loss: str = "hinge", adaptive: bool = True):
         self.disc, self.weight, self.adaptive, self.device, self.bf16 = disc, float(weight), adaptive, device, bf16
         self.gen_loss, self.disc_loss = gan_losses(gan_loss)
-        self.opt = torch.optim.AdamW(disc.parameters(), lr=lr, betas=(0.5, 0.9), weight_decay=0.0)
+        params = disc.param_groups(lr) if hasattr(disc, "param_groups") else disc.parameters()  # (per-part lr)
+        self.opt = torch.optim.AdamW(params, lr=lr, betas=(0.5, 0.9), weight_decay=0.0)
         self._pending: list[tuple[tuple, tuple]] = []     # (real, fake) arguments for the discriminator step
         self._sums: dict[str, list[float]] = {}
 

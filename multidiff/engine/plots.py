@@ -26,7 +26,8 @@ def plot_loss_curve(metrics: Path, out: Path) -> None:
     ax.plot(steps, smooth, lw=2, label=f"mean of {k}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    if min(loss) > 0:  # a GAN's generator term can make a total negative: then a linear axis
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -1,19 +1,24 @@
-"""A discriminator on a pretrained denoiser's features (as LADD and SDXL-Lightning build theirs): the frozen
-network reads a noisy input up to its middle block, a small trainable head judges real or fake from those
-features. The backbone already knows the data and the noise level, which is why those papers' heads need far
-fewer steps than a discriminator trained from nothing (here, on video, a 250-step round was still too few:
-docs/distillation.md); and it works for any signal whose model has a middle block (the image and video
-U-Nets, a diffusers UNet2DModel).
+"""A discriminator built from a pretrained denoiser (as SDXL-Lightning builds its own): a trainable copy of the
+network reads a noisy input up to its middle block, a small head judges real or fake from those features. The
+copy starts out knowing the data and the noise level, so it learns in tens of steps what a discriminator
+trained from nothing needs thousands for -- while a head alone on the *frozen* network's features (LADD's
+choice, for a far larger teacher) did not learn here: on video_moving_digits its loss stayed at chance in a
+250-step round, and even plainly bad samples (a 2-step DDIM) took it only from 1.0 to 0.9 in 150 steps, where
+the trainable copy separated them completely in 30. It works for any signal whose model has a middle block
+(the image and video U-Nets, a diffusers UNet2DModel).
 
 A model offers itself as a backbone with `middle_block()`: the module whose output is read. The forward pass
 stops there (the decoder half is never run), so a discriminator call costs about half a model call.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import nn
+
+from ..core.denoiser import Denoiser
 
 
 class _Stop(Exception):
@@ -92,3 +97,26 @@ class FeatureHead(nn.Module):
         if self.embed is not None and y is not None:
             logits = logits + (h * self.embed(y.long()).unsqueeze(1)).sum(-1) * self.scale
         return logits.float()
+
+
+class FeatureDiscriminator(nn.Module):
+    """Real/fake logits of noisy inputs `z` at level (`t`, `abar`) with the model inputs `cond`: a copy of
+    `network` (trained; the original is not touched) seen through `objective` as the denoiser sees it, read up
+    to its middle block, and a FeatureHead on those features (class projection from cond["y"] when
+    `num_classes`). The copy's learning rate is `backbone_lr_scale` times the head's (param_groups): a
+    pretrained network fine-tuned, a new head learned."""
+
+    def __init__(self, network: nn.Module, objective, num_classes: int = 0, backbone_lr_scale: float = 0.1):
+        super().__init__()
+        self.backbone = copy.deepcopy(network).eval().requires_grad_(True)
+        self.head = FeatureHead(middle_channels(middle_block(self.backbone)), num_classes)
+        self.objective, self.backbone_lr_scale = objective, float(backbone_lr_scale)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": list(self.head.parameters()), "lr": lr},
+                {"params": list(self.backbone.parameters()), "lr": lr * self.backbone_lr_scale}]
+
+    def forward(self, z: torch.Tensor, t, abar, cond: dict) -> torch.Tensor:
+        view = Denoiser.of(self.backbone, self.objective)
+        feats = middle_features(self.backbone, lambda: view.vp(z, t, abar, **cond), len(z))
+        return self.head(feats, cond.get("y"))

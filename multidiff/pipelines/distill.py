@@ -42,7 +42,7 @@ from ..errors import UserError
 from ..modalities.base import Trained
 from ..modalities.student import NOT_SAMPLING, StudentModality, default_steps, for_student, is_student, student_sampler
 from ..nn.conditioning import null_condition
-from ..nn.discriminator import FeatureHead, middle_block, middle_channels, middle_features
+from ..nn.discriminator import FeatureDiscriminator, middle_block
 from .generate import previewer
 
 
@@ -149,18 +149,17 @@ class ProgressiveTask(DistillTask):
     """A student of `steps` steps whose one DDIM step matches two of its teacher's (the teacher samples on the
     2 * steps grid: the student's levels and their midpoints), each a DDIM step or (solver "dpmpp_2s") a
     DPM-Solver++(2S) step (two teacher calls). With `gan` (an AdversarialTerm whose discriminator is a
-    FeatureHead on `backbone`'s middle block: the teacher's network), the student's landing point is also judged
-    against real data (`adversarial_loss`)."""
+    FeatureDiscriminator made from the teacher's network), the student's landing point is also judged against
+    real data (`adversarial_loss`)."""
 
     def __init__(self, inner, teacher, objective, steps: int, guidance, num_classes, label_dropout,
-                 solver: str = "ddim", power: float = 1.0, gan: AdversarialTerm | None = None,
-                 backbone: torch.nn.Module | None = None):
+                 solver: str = "ddim", power: float = 1.0, gan: AdversarialTerm | None = None):
         super().__init__(inner, teacher, objective, guidance, num_classes, label_dropout)
         sched = objective.schedule
         self.steps, self.solver = int(steps), solver
         self.abar = grid_alpha_bar(sched, 2 * self.steps, power)                # [2N + 1], j = 0: clean
         self.ts = grid_timesteps(sched, 2 * self.steps, power)
-        self.gan, self.backbone = gan, backbone
+        self.gan = gan
 
     def loss(self, net, batch, rand):
         p, k, noise, cond, teacher = self.draws(batch, rand, lambda: rand.randint(self.steps).cpu() + 1)
@@ -177,6 +176,7 @@ class ProgressiveTask(DistillTask):
         loss = (per * truncated_snr_weight(ab_t).to(per.device, per.dtype)).mean()
         if self.gan is None:
             return loss
+        self.gan.record(distill_loss=loss.detach())  # the logged `loss` is the total, GAN term included
         return loss + self.adversarial_loss(p, est, z_t, j, cond, rand, loss)
 
     def adversarial_loss(self, p, est, z_t, j, cond, rand, rec):
@@ -192,13 +192,7 @@ class ProgressiveTask(DistillTask):
         ab_u = self.objective.schedule.alpha_bar_at(u)
         fake = renoise(fake_s, ab_s, ab_u, self.noise(rand, p))
         real = bcast(ab_u.sqrt(), x0) * x0 + bcast((1 - ab_u).sqrt(), x0) * self.noise(rand, p)
-
-        def features(z):  # the teacher's middle block at level u
-            return middle_features(self.backbone, lambda: self.teacher.vp(z, u, ab_u, **cond), len(z))
-        with torch.no_grad():
-            real_f = features(real)
-        y = cond.get("y")
-        return self.gan.generator_loss((features(fake), y), (real_f, y), rec=rec, last=est.x0)
+        return self.gan.generator_loss((fake, u, ab_u, cond), (real, u, ab_u, cond), rec=rec, last=est.x0)
 
     def after_step(self, step: int) -> None:
         if self.gan is not None:
@@ -267,17 +261,16 @@ class ConsistencyTask(DistillTask):
         self.target.load_state_dict({k[len("target."):]: v for k, v in state.items() if k.startswith("target.")})
 
 
-def feature_adversary(backbone: torch.nn.Module, num_classes: int, lr: float, weight: float, device,
+def feature_adversary(network: torch.nn.Module, objective, num_classes: int, lr: float, weight: float, device,
                       bf16: bool) -> AdversarialTerm:
-    """distill.adversarial's GAN term: a FeatureHead on `backbone`'s (the teacher's) middle block, hinge loss,
-    adaptive weight `weight`; refused (one line) for a model without a middle block."""
-    block = middle_block(backbone)
-    if block is None:
+    """distill.adversarial's GAN term: a FeatureDiscriminator made from `network` (the round's teacher's; a copy
+    is trained, read up to its middle block), hinge loss, adaptive weight; refused for a network without a
+    middle block."""
+    if middle_block(network) is None:
         raise UserError(f"distill.adversarial needs a teacher whose network has a middle block for the discriminator "
-                        f"to read (the image and video U-Nets); a {type(backbone).__name__} has none: drop "
+                        f"to read (the image and video U-Nets do); {type(network).__name__} has none: drop "
                         "distill.adversarial")
-    head = FeatureHead(middle_channels(block), num_classes).to(device)
-    return AdversarialTerm(head, lr, weight, device, bf16)
+    return AdversarialTerm(FeatureDiscriminator(network, objective, num_classes).to(device), lr, weight, device, bf16)
 
 
 def train_student(run, modality, teacher: Trained, data_run, dist, resume: bool, label_dropout: float = 0.0,
@@ -310,10 +303,10 @@ def train_student(run, modality, teacher: Trained, data_run, dist, resume: bool,
     if d.method == "progressive":
         # a student teacher learned DDIM jumps: its own steps are its DDIM; only the original teacher has an ODE
         solver = "ddim" if is_student(teacher.sections) else d.teacher_solver
-        gan = feature_adversary(teacher.model, K, s["train"].lr, d.adversarial, dist.device, bf16) \
+        gan = feature_adversary(teacher.model, objective, K, s["train"].lr, d.adversarial, dist.device, bf16) \
             if d.adversarial > 0 else None
         task = ProgressiveTask(inner, teacher_den, objective, d.steps[0], guidance, K, drop, solver, d.level_power,
-                               gan, teacher.model)
+                               gan)
     else:
         sigma_min = consistency_range(objective.schedule)[0]
         task = ConsistencyTask(inner, teacher_den, ConsistencyObjective(objective, sigma_min), student, d.grid, d.ode,
