@@ -1,11 +1,11 @@
 """A discriminator built from a pretrained denoiser (as SDXL-Lightning builds its own): a trainable copy of the
 network reads a noisy input up to its middle block, a small head judges real or fake from those features. The
-copy starts out knowing the data and the noise level, so it learns in tens of steps what a discriminator
-trained from nothing needs thousands for -- while a head alone on the *frozen* network's features (LADD's
-choice, for a far larger teacher) did not learn here: on video_moving_digits its loss stayed at chance in a
-250-step round, and even plainly bad samples (a 2-step DDIM) took it only from 1.0 to 0.9 in 150 steps, where
-the trainable copy separated them completely in 30. It works for any signal whose model has a middle block
-(the image and video U-Nets, a diffusers UNet2DModel).
+copy starts out knowing the data and the noise level, and adapts: a head alone on the *frozen* network's
+features (LADD's choice, for a far larger teacher) did not learn here -- on video_moving_digits its loss stayed
+at chance through a 250-step round, and against plainly bad clips (2-step DDIM samples of a teacher 250 steps
+into its training, judged on that teacher's features) it fell only from 1.0 to 0.9 in 150 steps, where a
+trained copy separated them completely in 30. It works for any signal whose model has a middle block (the
+image and video U-Nets, a diffusers UNet2DModel).
 
 A model offers itself as a backbone with `middle_block()`: the module whose output is read. The forward pass
 stops there (the decoder half is never run), so a discriminator call costs about half a model call.
