@@ -110,13 +110,13 @@ class FeatureDiscriminator(nn.Module):
         super().__init__()
         self.backbone = copy.deepcopy(network).eval().requires_grad_(True)
         self.head = FeatureHead(middle_channels(middle_block(self.backbone)), num_classes)
-        self.objective, self.backbone_lr_scale = objective, float(backbone_lr_scale)
+        self.view = Denoiser.of(self.backbone, objective)  # (a plain object: not a second copy in state_dict)
+        self.backbone_lr_scale = float(backbone_lr_scale)
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": list(self.head.parameters()), "lr": lr},
                 {"params": list(self.backbone.parameters()), "lr": lr * self.backbone_lr_scale}]
 
     def forward(self, z: torch.Tensor, t, abar, cond: dict) -> torch.Tensor:
-        view = Denoiser.of(self.backbone, self.objective)
-        feats = middle_features(self.backbone, lambda: view.vp(z, t, abar, **cond), len(z))
+        feats = middle_features(self.backbone, lambda: self.view.vp(z, t, abar, **cond), len(z))
         return self.head(feats, cond.get("y"))
