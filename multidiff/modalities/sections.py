@@ -130,6 +130,7 @@ class SampleConfig(SamplerEta):
 DISTILL_METHODS = ("progressive", "consistency")
 CONSISTENCY_ODES = ("heun", "euler")
 PROGRESSIVE_SOLVERS = ("ddim", "dpmpp_2s")
+ADVERSARIAL_JUMPS = ("all", "last", "sampled")
 
 
 @dataclass
@@ -154,9 +155,15 @@ class DistillConfig:
     # clean data; < 1: at high noise, video_moving_digits' best at 0.5); every round of a chain keeps its first round's
     level_power: float = added_key(1.0)
     # progressive: > 0 adds a GAN term to every round (SDXL-Lightning's progressive adversarial distillation): a
-    # head on the teacher's middle-block features judges the student's landing point against real data; the
-    # number is the GAN gradient's share of the distillation loss's at the student's output (adaptive weight)
+    # trained copy of the teacher's network read to its middle block, with a head, judges the student's landing
+    # point against real data; the number is the GAN gradient's share of the distillation loss's at the
+    # student's output (adaptive weight)
     adversarial: float = added_key(0.0)
+    adversarial_lr: float = added_key(0.0)      # the discriminator head's lr (its network copy's: a tenth); 0: the round's
+    # what the GAN term judges: all (every jump's landing point from noised real data) | last (only the batch's
+    # samples at its lowest jump, nearly always the last, to clean data) | sampled (the student's own samples: a
+    # quarter of the batch generated from noise by the student, its last jump trained through the GAN)
+    adversarial_jumps: str = added_key("all")
     target_ema: float = 0.95        # consistency: EMA decay of the target network (mu)
     teacher: str = ""               # a student: the run it was distilled from (its previous round, for progressive)
     teacher_checkpoint: str = ""    # a student: that run's checkpoint and the sha256 of its EMA weights
@@ -181,6 +188,10 @@ class DistillConfig:
             raise ValueError(f"distill.level_power must be a number > 0 (1: levels even in t), got {self.level_power}")
         if not (self.adversarial >= 0 and self.adversarial < float("inf")):
             raise ValueError(f"distill.adversarial must be a number >= 0 (0: no GAN term), got {self.adversarial}")
+        if not (self.adversarial_lr >= 0 and self.adversarial_lr < float("inf")):
+            raise ValueError(f"distill.adversarial_lr must be >= 0 (0: the round's lr), got {self.adversarial_lr}")
+        if self.adversarial_jumps not in ADVERSARIAL_JUMPS:
+            raise ValueError(f"distill.adversarial_jumps = {self.adversarial_jumps!r} is not one of {ADVERSARIAL_JUMPS}")
         if self.adversarial > 0 and self.method != "progressive":
             raise ValueError(f"distill.adversarial = {self.adversarial} applies to progressive distillation's rounds; "
                              f"drop it for --method {self.method}")

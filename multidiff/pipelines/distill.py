@@ -33,7 +33,7 @@ from ..core import Denoiser, GuidedModel
 from ..core.distillation import (ConsistencyObjective, consistency_grid, consistency_range, ddim_move, dpmpp_2s_move,
                                  grid_alpha_bar, grid_timesteps, ode_step, progressive_target, pseudo_huber, renoise,
                                  truncated_snr_weight)
-from ..core.objective_base import bcast
+from ..core.objective_base import Estimate, bcast
 from ..engine.adversarial import AdversarialTerm
 from ..engine.checkpoint import load_weights_into
 from ..engine.precision import resolve_precision
@@ -99,6 +99,18 @@ def student_sections(base: dict, cfg, steps: list[int], teacher_dir, identity: s
     return out
 
 
+def _rows(cond: dict, keep: torch.Tensor, n: int) -> dict:
+    """The model inputs `cond` of the batch's rows `keep` (values with other shapes, e.g. None, kept whole)."""
+    return {k: v[keep.to(v.device)] if isinstance(v, torch.Tensor) and v.ndim and len(v) == n else v
+            for k, v in cond.items()}
+
+
+def _cat_rows(cond: dict, extra: dict, n: int, g: int) -> dict:
+    """The model inputs of a batch of n rows followed by g more (`extra`, the same keys; whole values kept)."""
+    return {k: torch.cat([v, extra[k]]) if isinstance(v, torch.Tensor) and v.ndim and len(v) == n
+            and len(extra[k]) == g else v for k, v in cond.items()}
+
+
 def _per_sample(err: torch.Tensor, mask) -> torch.Tensor:
     if mask is None:
         return err.flatten(1).mean(1)
@@ -150,16 +162,20 @@ class ProgressiveTask(DistillTask):
     2 * steps grid: the student's levels and their midpoints), each a DDIM step or (solver "dpmpp_2s") a
     DPM-Solver++(2S) step (two teacher calls). With `gan` (an AdversarialTerm whose discriminator is a
     FeatureDiscriminator made from the teacher's network), the student's landing point is also judged against
-    real data (`adversarial_loss`)."""
+    real data (`adversarial_loss`): at every jump, or (`gan_jumps` "last") at the batch's lowest one only, or
+    (`gan_jumps` "sampled") the student's own samples: a quarter of the batch's clips generated from noise by
+    the student itself, without gradient down to its last jump, which it then takes with the batch (DMD2's
+    backward simulation: the last jump judged on the inputs it gets when sampling)."""
 
     def __init__(self, inner, teacher, objective, steps: int, guidance, num_classes, label_dropout,
-                 solver: str = "ddim", power: float = 1.0, gan: AdversarialTerm | None = None):
+                 solver: str = "ddim", power: float = 1.0, gan: AdversarialTerm | None = None,
+                 gan_jumps: str = "all"):
         super().__init__(inner, teacher, objective, guidance, num_classes, label_dropout)
         sched = objective.schedule
         self.steps, self.solver = int(steps), solver
         self.abar = grid_alpha_bar(sched, 2 * self.steps, power)                # [2N + 1], j = 0: clean
         self.ts = grid_timesteps(sched, 2 * self.steps, power)
-        self.gan = gan
+        self.gan, self.gan_jumps = gan, gan_jumps
 
     def loss(self, net, batch, rand):
         p, k, noise, cond, teacher = self.draws(batch, rand, lambda: rand.randint(self.steps).cpu() + 1)
@@ -171,13 +187,50 @@ class ProgressiveTask(DistillTask):
             z_m = self.move(teacher, z_t, (self.ts[j], ab_t), ab_m, cond)
             z_s = self.move(teacher, z_m, (self.ts[j - 1], ab_m), ab_s, cond)
             target = progressive_target(z_t.double(), z_s.double(), ab_t, ab_s)
-        est = Denoiser.of(net, self.objective).vp(z_t, self.ts[j], ab_t, **cond)
+        student = Denoiser.of(net, self.objective)
+        own = self.own_last_jump_start(student, p, cond, rand) if self.gan_jumps == "sampled" and self.gan else None
+        if own is None:
+            est = student.vp(z_t, self.ts[j], ab_t, **cond)
+        else:  # the student's own last jumps ride in the batch's forward: one call, one output for the GAN weight
+            z_own, cond_own = own
+            n, g = len(x0), len(z_own)
+            both = student.vp(torch.cat([z_t, z_own]), torch.cat([self.ts[j], self.ts[2].expand(g)]),
+                              torch.cat([ab_t, self.abar[2].expand(g)]), **_cat_rows(cond, cond_own, n, g))
+            est = Estimate(both.x0[:n], both.eps[:n])
         per = _per_sample(self.error(p, est.x0 - target.to(est.x0.dtype)).square(), p.loss_kw.get("mask"))
         loss = (per * truncated_snr_weight(ab_t).to(per.device, per.dtype)).mean()
         if self.gan is None:
             return loss
         self.gan.record(distill_loss=loss.detach())  # the logged `loss` is the total, GAN term included
+        if own is not None:
+            return loss + self.sampled_adversarial_loss(p, both, cond_own, rand, loss)
         return loss + self.adversarial_loss(p, est, z_t, j, cond, rand, loss)
+
+    def own_last_jump_start(self, student, p, cond, rand):
+        """(z, cond) of the first quarter of the batch's clips (at least one) at the student's last jump's start
+        (grid level 2), reached by the student's own jumps from pure noise, without gradient; their labels
+        and known frames are those clips'. The noise is drawn for the whole batch (one draw order for all)."""
+        g = max(1, len(p.x0) // 4)
+        z, cond_own = self.noise(rand, p)[:g], _rows(cond, torch.arange(g), len(p.x0))
+        with torch.no_grad():
+            for j in range(2 * self.steps, 2, -2):
+                est = student.vp(z, self.ts[j].expand(g), self.abar[j].expand(g), **cond_own)
+                z = ddim_move(est, self.abar[j - 2].expand(g), z).to(p.x0.dtype)
+        return z, cond_own
+
+    def sampled_adversarial_loss(self, p, both, cond_own, rand, rec):
+        """The GAN term of the student's own samples: the clean ends of its last jumps (the rows after the
+        batch's in `both`), noised to a level u drawn between clean data and the teacher's midpoint of that
+        jump, against the batch's first clips noised to the same u."""
+        n = len(p.x0)
+        fake_0 = both.x0[n:]
+        g = len(fake_0)
+        u = self.ts[1] * rand.rand().cpu().double()[:g]
+        ab_u = self.objective.schedule.alpha_bar_at(u)
+        fake = renoise(fake_0, torch.ones_like(ab_u), ab_u, self.noise(rand, p)[:g])
+        x0 = p.x0[:g]
+        real = bcast(ab_u.sqrt(), x0) * x0 + bcast((1 - ab_u).sqrt(), x0) * self.noise(rand, p)[:g]
+        return self.gan.generator_loss((fake, u, ab_u, cond_own), (real, u, ab_u, cond_own), rec=rec, last=both.x0)
 
     def adversarial_loss(self, p, est, z_t, j, cond, rand, rec):
         """The GAN term of the student's jump from grid level j to j - 2 (SDXL-Lightning's progressive adversarial
@@ -192,6 +245,10 @@ class ProgressiveTask(DistillTask):
         ab_u = self.objective.schedule.alpha_bar_at(u)
         fake = renoise(fake_s, ab_s, ab_u, self.noise(rand, p))
         real = bcast(ab_u.sqrt(), x0) * x0 + bcast((1 - ab_u).sqrt(), x0) * self.noise(rand, p)
+        if self.gan_jumps == "last":  # (after every draw: the random stream stays that of "all")
+            keep = (j == j.min()).nonzero().flatten()
+            fake, real, u, ab_u = fake[keep.to(fake.device)], real[keep.to(real.device)], u[keep], ab_u[keep]
+            cond = _rows(cond, keep, len(x0))
         return self.gan.generator_loss((fake, u, ab_u, cond), (real, u, ab_u, cond), rec=rec, last=est.x0)
 
     def after_step(self, step: int) -> None:
@@ -264,8 +321,8 @@ class ConsistencyTask(DistillTask):
 def feature_adversary(network: torch.nn.Module, objective, num_classes: int, lr: float, weight: float, device,
                       bf16: bool) -> AdversarialTerm:
     """distill.adversarial's GAN term: a FeatureDiscriminator made from `network` (the round's teacher's; a copy
-    is trained, read up to its middle block), hinge loss, adaptive weight; refused for a network without a
-    middle block."""
+    is trained at a tenth of the head's `lr`, read up to its middle block), hinge loss, adaptive weight; refused
+    for a network without a middle block."""
     if middle_block(network) is None:
         raise UserError(f"distill.adversarial needs a teacher whose network has a middle block for the discriminator "
                         f"to read (the image and video U-Nets do); {type(network).__name__} has none: drop "
@@ -303,10 +360,10 @@ def train_student(run, modality, teacher: Trained, data_run, dist, resume: bool,
     if d.method == "progressive":
         # a student teacher learned DDIM jumps: its own steps are its DDIM; only the original teacher has an ODE
         solver = "ddim" if is_student(teacher.sections) else d.teacher_solver
-        gan = feature_adversary(teacher.model, objective, K, s["train"].lr, d.adversarial, dist.device, bf16) \
-            if d.adversarial > 0 else None
+        gan = feature_adversary(teacher.model, objective, K, d.adversarial_lr or s["train"].lr, d.adversarial,
+                                dist.device, bf16) if d.adversarial > 0 else None
         task = ProgressiveTask(inner, teacher_den, objective, d.steps[0], guidance, K, drop, solver, d.level_power,
-                               gan)
+                               gan, d.adversarial_jumps)
     else:
         sigma_min = consistency_range(objective.schedule)[0]
         task = ConsistencyTask(inner, teacher_den, ConsistencyObjective(objective, sigma_min), student, d.grid, d.ode,
