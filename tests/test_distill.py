@@ -388,7 +388,8 @@ class Stop(Exception):
 
 
 @pytest.mark.parametrize("method, gan", [("progressive", []), ("consistency", []),
-                                         ("progressive", ["distill.adversarial=0.3"])])
+                                         ("progressive", ["distill.adversarial=0.3"]),
+                                         ("progressive", ["distill.adversarial=0.3", "distill.adversarial_jumps=sampled"])])
 def test_a_stopped_distillation_resumes_to_the_uninterrupted_weights(teacher, tmp_path, monkeypatch, capsys, method,
                                                                      gan):
     """Also with a GAN term: its discriminator and that one's optimizer (the extra file) resume exactly too."""
