@@ -227,9 +227,9 @@ class ProgressiveTask(DistillTask):
         g = len(fake_0)
         u = self.ts[1] * rand.rand().cpu().double()[:g]
         ab_u = self.objective.schedule.alpha_bar_at(u)
-        fake = renoise(fake_0, torch.ones_like(ab_u), ab_u, self.noise(rand, p)[:g])
-        x0 = p.x0[:g]
-        real = bcast(ab_u.sqrt(), x0) * x0 + bcast((1 - ab_u).sqrt(), x0) * self.noise(rand, p)[:g]
+        clean = torch.ones_like(ab_u)  # both start at clean data: the forward process from there is renoise's
+        fake = renoise(fake_0, clean, ab_u, self.noise(rand, p)[:g])
+        real = renoise(p.x0[:g], clean, ab_u, self.noise(rand, p)[:g])
         return self.gan.generator_loss((fake, u, ab_u, cond_own), (real, u, ab_u, cond_own), rec=rec, last=both.x0)
 
     def adversarial_loss(self, p, est, z_t, j, cond, rand, rec):
