@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from multidiff.core.distillation import renoise
+from multidiff.core.distillation import noised, renoise
 from multidiff.engine.adversarial import AdversarialTerm
 from multidiff.errors import UserError
 from multidiff.models.unet2d import UNet2D, UNet2DConfig
@@ -27,11 +27,11 @@ def tiny_unet2d(num_classes=0):
 
 def test_renoise_draws_the_forward_process_from_one_level_to_a_noisier_one():
     """z_s ~ q(z_s | x0) noised on to abar_u gives q(z_u | x0): mean sqrt(abar_u) x0, variance 1 - abar_u (measured
-    over 400k draws per sample); abar_s = 1 (clean data) is the plain forward draw."""
+    over 400k draws per sample); abar_s = 1 (clean data) is the plain forward draw, `noised`."""
     g = torch.Generator().manual_seed(0)
     x0 = torch.tensor([0.8, -0.5, 0.0]).view(3, 1).expand(3, 400_000)
     ab_s, ab_u = torch.tensor([0.9, 1.0, 0.5], dtype=torch.float64), torch.tensor([0.3, 0.6, 0.5], dtype=torch.float64)
-    z_s = ab_s.sqrt().float()[:, None] * x0 + (1 - ab_s).sqrt().float()[:, None] * torch.randn(x0.shape, generator=g)
+    z_s = noised(x0, ab_s, torch.randn(x0.shape, generator=g))
     z_u = renoise(z_s, ab_s, ab_u, torch.randn(x0.shape, generator=g))
     torch.testing.assert_close(z_u.mean(1), ab_u.sqrt().float() * x0[:, 0], atol=4e-3, rtol=0)
     torch.testing.assert_close(z_u.var(1), (1 - ab_u).float(), atol=6e-3, rtol=0)

@@ -237,8 +237,8 @@ def test_the_gan_term_can_judge_the_last_jump_or_the_students_own_samples_at_an_
     """distill.adversarial_jumps = "last": the discriminator sees only the micro-batch's samples at its lowest jump
     (here always the last, to clean data: 32 samples over 4 jumps), renoised within that jump's levels, so it costs
     a quarter of "all"; "sampled": a quarter of the batch's clips sampled by the student itself, judged within
-    the same levels. distill.adversarial_lr is the head's lr, its network copy's a tenth of it. Each is another
-    student (fingerprint)."""
+    the same levels, or (distill.adversarial_noise) a share of them. distill.adversarial_lr is the head's lr, its
+    network copy's a tenth of it. Each is another student (fingerprint)."""
     seen = []
     generator_loss = AdversarialTerm.generator_loss
 
@@ -265,9 +265,15 @@ def test_the_gan_term_can_judge_the_last_jump_or_the_students_own_samples_at_an_
         "distill.round_steps=6", "distill.adversarial=0.3", "distill.adversarial_jumps=sampled", "--skip", "sample")
     assert len(seen) == 18 and all(n == 8 for n, _, _ in seen[12:])
     assert all(float(u.max()) <= last_level for _, u, _ in seen[12:])
+    assert max(float(u.max()) for _, u, _ in seen[12:]) > last_level / 4
+    # distill.adversarial_noise = 0.25: judged only in the quarter of the way from clean data to that midpoint
+    cli("distill", teacher / "teacher", "--steps", 4, "--out", tmp_path / "sampled_q", "distill.start_steps=8",
+        "distill.round_steps=6", "distill.adversarial=0.3", "distill.adversarial_jumps=sampled",
+        "distill.adversarial_noise=0.25", "--skip", "sample")
+    assert len(seen) == 24 and all(float(u.max()) <= last_level / 4 for _, u, _ in seen[18:])
     prints = [json.loads((latest_checkpoint(run / "checkpoints") / "state.json").read_text())["fingerprint"]
-              for run in (tmp_path / "last", tmp_path / "all", tmp_path / "sampled")]
-    assert len(set(prints)) == 3
+              for run in (tmp_path / "last", tmp_path / "all", tmp_path / "sampled", tmp_path / "sampled_q")]
+    assert len(set(prints)) == 4
 
 
 @pytest.mark.parametrize("power", [1.0, 1.5, 2.0])

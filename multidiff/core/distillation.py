@@ -81,11 +81,15 @@ def dpmpp_2s_move(est: Estimate, clean_at, z: torch.Tensor, abar_from: torch.Ten
     return torch.where(bcast(inner.double(), z) > 0, second, ddim_move(est, abar_to, z))
 
 
+def noised(x0: torch.Tensor, abar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The forward process q(z | x0) at level abar (per sample [B]): sqrt(abar) x0 + sqrt(1 - abar) noise."""
+    return bcast(abar.sqrt(), x0) * x0 + bcast((1 - abar).sqrt(), x0) * noise
+
+
 def renoise(z_s: torch.Tensor, abar_s: torch.Tensor, abar_u: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """A draw of the forward process from level abar_s up to the noisier abar_u <= abar_s (per sample [B]):
     z_u = sqrt(abar_u / abar_s) z_s + sqrt(1 - abar_u / abar_s) noise, so z_s ~ q(z_s | x0) gives z_u ~ q(z_u | x0)."""
-    r = (abar_u / abar_s).clamp(max=1.0)
-    return bcast(r.sqrt(), z_s) * z_s + bcast((1 - r).sqrt(), z_s) * noise
+    return noised(z_s, (abar_u / abar_s).clamp(max=1.0), noise)
 
 
 def progressive_target(z_t: torch.Tensor, z_s: torch.Tensor, abar_t: torch.Tensor,

@@ -164,6 +164,9 @@ class DistillConfig:
     # samples at its lowest jump, nearly always the last, to clean data) | sampled (the student's own samples: a
     # quarter of the batch generated from noise by the student, its last jump trained through the GAN)
     adversarial_jumps: str = added_key("all")
+    # how noisy the judged clips may be: u is drawn between the jump's end and this share of the way to the
+    # teacher's midpoint (1: up to the midpoint; 0.5: the half nearer the jump's end; 0: the landing point itself)
+    adversarial_noise: float = added_key(1.0)
     target_ema: float = 0.95        # consistency: EMA decay of the target network (mu)
     teacher: str = ""               # a student: the run it was distilled from (its previous round, for progressive)
     teacher_checkpoint: str = ""    # a student: that run's checkpoint and the sha256 of its EMA weights
@@ -192,6 +195,9 @@ class DistillConfig:
             raise ValueError(f"distill.adversarial_lr must be >= 0 (0: the round's lr), got {self.adversarial_lr}")
         if self.adversarial_jumps not in ADVERSARIAL_JUMPS:
             raise ValueError(f"distill.adversarial_jumps = {self.adversarial_jumps!r} is not one of {ADVERSARIAL_JUMPS}")
+        if not 0 <= self.adversarial_noise <= 1:
+            raise ValueError(f"distill.adversarial_noise must be in [0, 1] (1: up to the teacher's midpoint), got "
+                             f"{self.adversarial_noise}")
         if self.adversarial > 0 and self.method != "progressive":
             raise ValueError(f"distill.adversarial = {self.adversarial} applies to progressive distillation's rounds; "
                              f"drop it for --method {self.method}")

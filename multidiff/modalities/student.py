@@ -33,7 +33,8 @@ STUDENT_SAMPLERS = {"progressive": ("ddim", "euler"), "consistency": ("consisten
 # keys added later join them only when not their defaults, so older students keep their fingerprints)
 IDENTITY_KEYS = ("method", "steps", "guidance", "start_steps", "grid", "ode", "target_ema", "teacher_checkpoint")
 ADDED_IDENTITY_KEYS = {k: DistillConfig.__dataclass_fields__[k].default
-                       for k in ("teacher_solver", "level_power", "adversarial", "adversarial_lr", "adversarial_jumps")}
+                       for k in ("teacher_solver", "level_power", "adversarial", "adversarial_lr", "adversarial_jumps",
+                                 "adversarial_noise")}
 # sections that say what the weights are, or how they were trained, rather than how the model samples
 NOT_SAMPLING = {"recipe", "data", "model", "diffusion", "train", "distill", "prep", "video", "latent", "loss"}
 

@@ -31,8 +31,8 @@ import torch
 
 from ..core import Denoiser, GuidedModel
 from ..core.distillation import (ConsistencyObjective, consistency_grid, consistency_range, ddim_move, dpmpp_2s_move,
-                                 grid_alpha_bar, grid_timesteps, ode_step, progressive_target, pseudo_huber, renoise,
-                                 truncated_snr_weight)
+                                 grid_alpha_bar, grid_timesteps, noised, ode_step, progressive_target, pseudo_huber,
+                                 renoise, truncated_snr_weight)
 from ..core.objective_base import Estimate, bcast
 from ..engine.adversarial import AdversarialTerm
 from ..engine.checkpoint import load_weights_into
@@ -165,24 +165,25 @@ class ProgressiveTask(DistillTask):
     real data (`adversarial_loss`): at every jump, or (`gan_jumps` "last") at the batch's lowest one only, or
     (`gan_jumps` "sampled") the student's own samples: a quarter of the batch's clips generated from noise by
     the student itself, without gradient down to its last jump, which it then takes with the batch (DMD2's
-    backward simulation: the last jump judged on the inputs it gets when sampling)."""
+    backward simulation: the last jump judged on the inputs it gets when sampling). The judged level u lies
+    between the jump's end and the share `gan_noise` of the way to the teacher's midpoint."""
 
     def __init__(self, inner, teacher, objective, steps: int, guidance, num_classes, label_dropout,
                  solver: str = "ddim", power: float = 1.0, gan: AdversarialTerm | None = None,
-                 gan_jumps: str = "all"):
+                 gan_jumps: str = "all", gan_noise: float = 1.0):
         super().__init__(inner, teacher, objective, guidance, num_classes, label_dropout)
         sched = objective.schedule
         self.steps, self.solver = int(steps), solver
         self.abar = grid_alpha_bar(sched, 2 * self.steps, power)                # [2N + 1], j = 0: clean
         self.ts = grid_timesteps(sched, 2 * self.steps, power)
-        self.gan, self.gan_jumps = gan, gan_jumps
+        self.gan, self.gan_jumps, self.gan_noise = gan, gan_jumps, gan_noise
 
     def loss(self, net, batch, rand):
         p, k, noise, cond, teacher = self.draws(batch, rand, lambda: rand.randint(self.steps).cpu() + 1)
         x0 = p.x0
         j = 2 * k                                           # the student steps from grid level j to j - 2
         ab_t, ab_m, ab_s = self.abar[j], self.abar[j - 1], self.abar[j - 2]
-        z_t = bcast(ab_t.sqrt(), x0) * x0 + bcast((1 - ab_t).sqrt(), x0) * noise
+        z_t = noised(x0, ab_t, noise)
         with torch.no_grad():
             z_m = self.move(teacher, z_t, (self.ts[j], ab_t), ab_m, cond)
             z_s = self.move(teacher, z_m, (self.ts[j - 1], ab_m), ab_s, cond)
@@ -225,11 +226,10 @@ class ProgressiveTask(DistillTask):
         n = len(p.x0)
         fake_0 = both.x0[n:]
         g = len(fake_0)
-        u = self.ts[1] * rand.rand().cpu().double()[:g]
+        u = self.gan_noise * self.ts[1] * rand.rand().cpu().double()[:g]
         ab_u = self.objective.schedule.alpha_bar_at(u)
-        clean = torch.ones_like(ab_u)  # both start at clean data: the forward process from there is renoise's
-        fake = renoise(fake_0, clean, ab_u, self.noise(rand, p)[:g])
-        real = renoise(p.x0[:g], clean, ab_u, self.noise(rand, p)[:g])
+        fake = noised(fake_0, ab_u, self.noise(rand, p)[:g])
+        real = noised(p.x0[:g], ab_u, self.noise(rand, p)[:g])
         return self.gan.generator_loss((fake, u, ab_u, cond_own), (real, u, ab_u, cond_own), rec=rec, last=both.x0)
 
     def adversarial_loss(self, p, est, z_t, j, cond, rand, rec):
@@ -241,10 +241,10 @@ class ProgressiveTask(DistillTask):
         teacher's trajectory, which the distillation loss keeps it near."""
         x0, ab_s = p.x0, self.abar[j - 2]
         fake_s = ddim_move(est, ab_s, z_t)                                      # the student's landing point
-        u = self.ts[j - 2] + (self.ts[j - 1] - self.ts[j - 2]) * rand.rand().cpu().double()
+        u = self.ts[j - 2] + self.gan_noise * (self.ts[j - 1] - self.ts[j - 2]) * rand.rand().cpu().double()
         ab_u = self.objective.schedule.alpha_bar_at(u)
         fake = renoise(fake_s, ab_s, ab_u, self.noise(rand, p))
-        real = bcast(ab_u.sqrt(), x0) * x0 + bcast((1 - ab_u).sqrt(), x0) * self.noise(rand, p)
+        real = noised(x0, ab_u, self.noise(rand, p))
         if self.gan_jumps == "last":  # (after every draw: the random stream stays that of "all")
             keep = (j == j.min()).nonzero().flatten()
             fake, real, u, ab_u = fake[keep.to(fake.device)], real[keep.to(real.device)], u[keep], ab_u[keep]
@@ -363,7 +363,7 @@ def train_student(run, modality, teacher: Trained, data_run, dist, resume: bool,
         gan = feature_adversary(teacher.model, objective, K, d.adversarial_lr or s["train"].lr, d.adversarial,
                                 dist.device, bf16) if d.adversarial > 0 else None
         task = ProgressiveTask(inner, teacher_den, objective, d.steps[0], guidance, K, drop, solver, d.level_power,
-                               gan, d.adversarial_jumps)
+                               gan, d.adversarial_jumps, d.adversarial_noise)
     else:
         sigma_min = consistency_range(objective.schedule)[0]
         task = ConsistencyTask(inner, teacher_den, ConsistencyObjective(objective, sigma_min), student, d.grid, d.ode,
