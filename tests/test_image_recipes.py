@@ -55,6 +55,31 @@ def test_image_digits_recipe_runs_every_stage(digits_run, capsys):
     assert out.count("done already") == 4 and (digits_run / "eval.json").read_text() == before
 
 
+def test_eval_repeats_averages_draws_of_successive_seeds(digits_run, tmp_path, capsys):
+    """eval.repeats = 3: each row is the mean of three draws (seeds seed, seed + 1, seed + 2), each what a
+    single-seed evaluation at that seed scores, with the FD's spread (fd_sd, shown in eval.md); 0 is refused."""
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    args = ["train", ROOT / "recipes/image_digits", "--out", run, *TINY, "eval.n=20", "eval.batch=10",
+            'eval.table=["ddim:4"]', "eval.classifier_epochs=1", "--stage", "evaluate", "--force", "evaluate",
+            "--overwrite-config"]
+    single = []
+    for seed in (2, 3, 4):
+        cli(*args, f"eval.seed={seed}")
+        single.append(json.loads((run / "eval.json").read_text())["rows"][0])
+    cli(*args, "eval.seed=2", "eval.repeats=3")
+    row = json.loads((run / "eval.json").read_text())["rows"][0]
+    fds = [r["fd"] for r in single]
+    assert len(set(fds)) == 3 and row["draws"] == 3 and "fd_sd" not in single[0]
+    assert row["fd"] == pytest.approx(np.mean(fds)) and row["fd_sd"] == pytest.approx(np.std(fds, ddof=1))
+    assert row["coverage"] == pytest.approx(np.mean([r["coverage"] for r in single]))
+    assert [d["fd"] for d in row["by_draw"]] == pytest.approx(fds)
+    assert "| fd sd |" in (run / "eval.md").read_text()
+    capsys.readouterr()
+    assert main([str(a) for a in args + ["eval.repeats=0"]]) == 2
+    assert "eval.repeats must be a whole number >= 1" in capsys.readouterr().err
+
+
 def test_longer_training_needs_resume_and_continues(digits_run, tmp_path):
     import shutil
 

@@ -21,7 +21,7 @@ from ..metrics import (InceptionFeatures, digit_metrics, feature_stats, frechet_
 from ..modalities.base import Trained
 from ..pipelines.generate import generate
 from ..utils import added_key
-from .tables import markdown_table, write_result
+from .tables import check_repeats, markdown_table, mean_over_draws, write_result
 
 
 @dataclass
@@ -36,6 +36,10 @@ class ImageEvalConfig:
     classifier_epochs: int = 12
     inception_weights: str = ""        # local torchvision Inception-v3 weights: FID for non-digit data
     seed: int = 1
+    repeats: int = added_key(1)        # draws per row (seeds seed, seed + 1, ...): their mean, and fd_sd, their spread
+
+    def __post_init__(self):
+        check_repeats(self.repeats)
 
     def rows(self) -> list[str]:
         """The table's rows: `table`, then (with full = true) the rows of `full_table` not in it yet."""
@@ -106,13 +110,15 @@ def evaluate(run, trained: Trained, device, bf16: bool) -> dict:
     score = Scorer(run)
     rows = []
     for sampler, steps in ev.rows():
-        t0 = time.perf_counter()
-        x = generate(trained, ev.n, run["sample"], device, bf16, seed=ev.seed, batch=ev.batch,
-                     sampler_kw={"sampler": sampler, "steps": steps, "spacing": default_spacing(sampler)})
-        secs = (time.perf_counter() - t0) / ev.n
-        save_image_grid(x[:100], run.dir / "samples" / f"eval_{sampler}_{steps}.png", nrow=10)
-        rows.append({"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), "seconds_per_image": secs,
-                     **score(x)})
+        draws = []
+        for seed in range(ev.seed, ev.seed + ev.repeats):
+            t0 = time.perf_counter()
+            x = generate(trained, ev.n, run["sample"], device, bf16, seed=seed, batch=ev.batch,
+                         sampler_kw={"sampler": sampler, "steps": steps, "spacing": default_spacing(sampler)})
+            draws.append({"seconds_per_image": (time.perf_counter() - t0) / ev.n, **score(x)})
+            if seed == ev.seed:  # the first draw is the one shown (the draw of a single-seed evaluation)
+                save_image_grid(x[:100], run.dir / "samples" / f"eval_{sampler}_{steps}.png", nrow=10)
+        rows.append({"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), **mean_over_draws(draws)})
         run.log(f"[evaluate] {sampler}:{steps}: " + ", ".join(f"{k}={v:.4g}" for k, v in rows[-1].items()
                                                                if isinstance(v, float)))
     result = {**score.header, "checkpoint": str(trained.checkpoint), "n": ev.n, "precision": "bf16" if bf16 else "fp32",
@@ -122,5 +128,5 @@ def evaluate(run, trained: Trained, device, bf16: bool) -> dict:
     return write_result(run.dir, result, markdown_table(shown, COLUMNS))
 
 
-COLUMNS = {"sampler": "sampler", "steps": "steps", "nfe": "NFE", "fd": "fd", "fid": "fid", "confidence": "confidence",
-           "coverage": "coverage", "seconds_per_image": ("s/image", ".4f")}
+COLUMNS = {"sampler": "sampler", "steps": "steps", "nfe": "NFE", "fd": "fd", "fd_sd": "fd sd", "fid": "fid",
+           "confidence": "confidence", "coverage": "coverage", "seconds_per_image": ("s/image", ".4f")}

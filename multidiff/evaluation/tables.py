@@ -1,9 +1,33 @@
 """The one writer of evaluation tables: rows of numbers -> eval.json + a markdown table (eval.md)."""
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from ..utils import write_json, write_text
+
+
+def check_repeats(repeats: int) -> None:
+    """eval.repeats: a whole number of draws per row."""
+    if not (isinstance(repeats, int) and repeats >= 1):
+        raise ValueError(f"eval.repeats must be a whole number >= 1 (draws per table row), got {repeats!r}")
+
+
+def mean_over_draws(draws: list[dict]) -> dict:
+    """One table row from the scores of several draws of a row (eval.repeats: seeds seed, seed + 1, ...): each
+    number's mean, and with two or more draws its sample standard deviation as `<key>_sd` (the spread a gap
+    between two rows must exceed to mean anything), `draws`, their count, and `by_draw`, each draw's scores
+    (seeds are shared by every model evaluated, so two models' draws pair up). Other values: the first draw's."""
+    row = dict(draws[0])
+    for k, v in draws[0].items():
+        if isinstance(v, float):
+            vals = [float(d[k]) for d in draws]
+            row[k] = statistics.fmean(vals)
+            if len(vals) > 1:
+                row[f"{k}_sd"] = statistics.stdev(vals)
+    if len(draws) > 1:
+        row["draws"], row["by_draw"] = len(draws), [dict(d) for d in draws]
+    return row
 
 
 def markdown_table(rows: list[dict], columns: dict[str, str | tuple[str, str]]) -> str:

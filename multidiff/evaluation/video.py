@@ -21,8 +21,9 @@ from ..metrics import digit_metrics, load_classifier, save_classifier, train_dig
 from ..metrics.video import I3DFeatures, fvd, frames_of, identity_agreement, motion
 from ..modalities.base import Trained
 from ..pipelines.generate import generate
+from ..utils import added_key
 from .image import parse_row
-from .tables import markdown_table, write_result
+from .tables import check_repeats, markdown_table, mean_over_draws, write_result
 
 
 @dataclass
@@ -35,6 +36,10 @@ class VideoEvalConfig:
     classifier_frames: int = 4   # frames per real train clip the digit classifier learns from
     i3d_weights: str = ""        # local TorchScript I3D (i3d_torchscript.pt): FVD
     seed: int = 1
+    repeats: int = added_key(1)  # draws per row (seeds seed, seed + 1, ...): their mean, and fd_sd, their spread
+
+    def __post_init__(self):
+        check_repeats(self.repeats)
 
 
 def is_digit_video(run) -> bool:
@@ -106,22 +111,26 @@ def evaluate(run, trained: Trained, device, bf16: bool) -> dict:
     rows = []
     for entry in ev.table:
         sampler, steps = parse_row(entry)
-        t0 = time.perf_counter()
-        x = generate(trained, ev.n, run["sample"], device, bf16, seed=ev.seed, batch=ev.batch, labels=labels,
-                     sampler_kw={"sampler": sampler, "steps": steps, "spacing": default_spacing(sampler)})
-        secs = (time.perf_counter() - t0) / ev.n
-        save_frame_grid(x[:20], run.dir / "samples" / f"eval_{sampler}_{steps}.png")
-        rows.append({"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), "seconds_per_clip": secs,
-                     **score(x, labels)})
+        draws = []
+        for seed in range(ev.seed, ev.seed + ev.repeats):
+            t0 = time.perf_counter()
+            x = generate(trained, ev.n, run["sample"], device, bf16, seed=seed, batch=ev.batch, labels=labels,
+                         sampler_kw={"sampler": sampler, "steps": steps, "spacing": default_spacing(sampler)})
+            draws.append({"seconds_per_clip": (time.perf_counter() - t0) / ev.n, **score(x, labels)})
+            if seed == ev.seed:  # the first draw is the one shown (the draw of a single-seed evaluation)
+                shown = x
+                save_frame_grid(x[:20], run.dir / "samples" / f"eval_{sampler}_{steps}.png")
+        rows.append({"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), **mean_over_draws(draws)})
         run.log(f"[evaluate] {entry}: " + ", ".join(f"{k}={v:.4g}" for k, v in rows[-1].items()
                                                      if isinstance(v, float)))
-    save_clips(x[:20], run.dir / "samples" / "eval_last_row", run["sample"].fps, nrow=10 if K == 10 else None)
-    result = {**score.header, "checkpoint": str(trained.checkpoint), "n": ev.n, "frames": x.shape[2],
+    save_clips(shown[:20], run.dir / "samples" / "eval_last_row", run["sample"].fps, nrow=10 if K == 10 else None)
+    result = {**score.header, "checkpoint": str(trained.checkpoint), "n": ev.n, "frames": shown.shape[2],
               "precision": "bf16" if bf16 else "fp32", "rows": rows}
     real = {"sampler": "real test clips", **result["real_test"]}
     return write_result(run.dir, result, markdown_table(rows + [real], COLUMNS))
 
 
-COLUMNS = {"sampler": "sampler", "steps": "steps", "nfe": "NFE", "fd": "fd", "confidence": "confidence",
-           "coverage": "coverage", "label_accuracy": "label_accuracy", "identity_agreement": "identity_agreement",
-           "speed": "speed", "jerk": "jerk", "fvd": "fvd", "seconds_per_clip": "s/clip"}
+COLUMNS = {"sampler": "sampler", "steps": "steps", "nfe": "NFE", "fd": "fd", "fd_sd": "fd sd",
+           "confidence": "confidence", "coverage": "coverage", "label_accuracy": "label_accuracy",
+           "identity_agreement": "identity_agreement", "speed": "speed", "jerk": "jerk", "fvd": "fvd",
+           "seconds_per_clip": "s/clip"}
